@@ -1,0 +1,135 @@
+"""Logit lens: what each layer would predict if the model stopped there.
+
+nostalgebraist (2020), "interpreting GPT: the logit lens"; as used by Belrose et
+al. (2023), "Eliciting Latent Predictions from Transformers with the Tuned Lens".
+
+For each residual-stream slot ``h_l`` (the block-0 input, then every block's
+output) and each position: ``p_l = softmax(W_U · norm_f(h_l))`` through the
+model's own final norm and unembedding. At the last slot this is exactly the
+model's output distribution. Reported per (layer, position): the top-k tokens
+and probabilities, and ``KL(p_final || p_l)`` in nats; per layer, the rank
+(1 = top) and probability of an optional target token at the last position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from workbench.errors import BadRequest
+from workbench.models.loader import LoadedModel
+
+NAME = "logit_lens"
+VERSION = 1
+MAX_TOP_K = 20
+
+
+@dataclass(frozen=True)
+class LogitLensRequest:
+    prompt: str
+    target: str = ""  # one token, e.g. " Paris"; empty for none
+    top_k: int = 5
+
+    def __post_init__(self):
+        if not 1 <= self.top_k <= MAX_TOP_K:
+            raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}.")
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class LogitLensResult:
+    model_name: str
+    layer_labels: np.ndarray  # (layer,) str: "embed", "0", ..., str(n_layers - 1)
+    tokens: np.ndarray  # (seq,) str: the input tokens
+    top_ids: np.ndarray  # (layer, seq, k) int64
+    top_tokens: np.ndarray  # (layer, seq, k) str
+    top_probs: np.ndarray  # (layer, seq, k) float32
+    kl_to_final: np.ndarray  # (layer, seq) float32, nats
+    target_token: str  # "" when no target was asked for
+    target_id: int  # -1 when no target
+    target_rank: np.ndarray  # (layer,) int64 at the last position, 1 = top; (0,) without target
+    target_prob: np.ndarray  # (layer,) float32 at the last position; (0,) without target
+
+    def __post_init__(self):
+        n_layer, seq, k = self.top_ids.shape
+        expected = {
+            "layer_labels": (n_layer,),
+            "tokens": (seq,),
+            "top_tokens": (n_layer, seq, k),
+            "top_probs": (n_layer, seq, k),
+            "kl_to_final": (n_layer, seq),
+            "target_rank": (n_layer,) if self.target_token else (0,),
+            "target_prob": (n_layer,) if self.target_token else (0,),
+        }
+        for field_name, shape in expected.items():
+            actual = getattr(self, field_name).shape
+            if actual != shape:
+                raise ValueError(f"LogitLensResult.{field_name} has shape {actual}, expected {shape}")
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer blocks (the rows are one more: the embedding slot)."""
+        return len(self.layer_labels) - 1
+
+
+def layer_labels(n_layers: int) -> np.ndarray:
+    return np.array(["embed"] + [str(i) for i in range(n_layers)])
+
+
+def compute(
+    model: LoadedModel,
+    tokens: tuple[str, ...],
+    resid: torch.Tensor,
+    request: LogitLensRequest,
+    target_id: int | None,
+    progress: Callable[[float | None, str], None] = lambda f, m: None,
+) -> LogitLensResult:
+    """Decode every residual slot of ``resid`` (layer, seq, d_model) through the unembedding."""
+    n_slots, seq, _ = resid.shape
+    k = request.top_k
+    top_ids = np.zeros((n_slots, seq, k), np.int64)
+    top_probs = np.zeros((n_slots, seq, k), np.float32)
+    kl = np.zeros((n_slots, seq), np.float32)
+    ranks, target_probs = [], []
+    final_logprobs = torch.log_softmax(model.decode(resid[-1]).double(), dim=-1)  # (seq, vocab)
+    for slot in range(n_slots):  # one slot at a time: (seq, vocab) logits can be large
+        logprobs = torch.log_softmax(model.decode(resid[slot]).double(), dim=-1)
+        probs, ids = logprobs.exp().topk(k, dim=-1)
+        top_ids[slot], top_probs[slot] = ids.numpy(), probs.float().numpy()
+        kl[slot] = kl_divergence(final_logprobs, logprobs).float().numpy()
+        if target_id is not None:
+            last = logprobs[-1]
+            ranks.append(int((last > last[target_id]).sum()) + 1)
+            target_probs.append(float(last[target_id].exp()))
+        progress((slot + 1) / n_slots, f"Decoded layer {slot}/{n_slots - 1}")
+    return LogitLensResult(
+        model_name=model.name,
+        layer_labels=layer_labels(n_slots - 1),
+        tokens=np.array(tokens),
+        top_ids=top_ids,
+        top_tokens=_decode_ids(model, top_ids),
+        top_probs=top_probs,
+        kl_to_final=kl,
+        target_token=request.target if target_id is not None else "",
+        target_id=-1 if target_id is None else target_id,
+        target_rank=np.array(ranks, np.int64),
+        target_prob=np.array(target_probs, np.float32),
+    )
+
+
+def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last axis, from log-probabilities."""
+    return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
+
+
+def _decode_ids(model: LoadedModel, ids: np.ndarray) -> np.ndarray:
+    unique = np.unique(ids)
+    text = {int(i): model.tokenizer.decode([int(i)]) for i in unique}
+    return np.vectorize(text.__getitem__, otypes=[object])(ids).astype(str)

@@ -1,0 +1,44 @@
+"""The workbench's own errors: every failure a user can cause or meet.
+
+Owns the error hierarchy. Each error carries a message written for the person
+at the keyboard (what went wrong and what to do about it); pages show
+``str(error)`` as is, and nothing outside this package needs a traceback.
+"""
+
+from __future__ import annotations
+
+
+class WorkbenchError(Exception):
+    """Base class: a failure with a message fit to show to a user."""
+
+
+class UnknownModel(WorkbenchError):
+    """The name is neither a catalog entry, a local model directory nor a reachable hub id."""
+
+
+class UnsupportedArchitecture(WorkbenchError):
+    """The model loads, but the adapter has no mapping (or an incomplete one) for it."""
+
+
+class ModelLoadError(WorkbenchError):
+    """The model's files exist but could not be read or converted."""
+
+
+class BadPrompt(WorkbenchError):
+    """The prompt is empty, too long, or not text."""
+
+
+class BadAnswer(WorkbenchError):
+    """An answer/target token is empty or not exactly one token for this model."""
+
+
+class BadRequest(WorkbenchError):
+    """An analysis option is out of range."""
+
+
+class CacheError(WorkbenchError):
+    """The cache cannot be used (corrupt file, wrong schema, unwritable directory)."""
+
+
+class CacheLocked(CacheError):
+    """Another process (usually a second workbench server) holds the cache file."""

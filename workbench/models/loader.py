@@ -1,0 +1,130 @@
+"""Loading a materialized model directory into an nnsight-wrapped model.
+
+Owns ``LoadedModel``: the nnsight model, its tokenizer, its ``ArchitectureSpec``,
+its shape facts (``ModelInfo``), its content digest and the lock that
+serialises every trace on it (nnsight traces on one model from several threads
+break). Loading validates the architecture against the adapter, so an
+unsupported model fails here with a message naming what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from workbench.config import Settings
+from workbench.errors import ModelLoadError, UnsupportedArchitecture
+from workbench.models import adapter
+from workbench.models.catalog import LocalModel
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing local path must never become a hub lookup
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Shape facts every analysis and figure needs."""
+
+    model_type: str
+    family: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    vocab_size: int
+    max_positions: int | None
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    digest: str
+    note: str
+    lm: object  # nnsight TransformersModel, modules renamed to the adapter vocabulary
+    tokenizer: object
+    spec: adapter.ArchitectureSpec
+    info: ModelInfo
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The underlying transformers model (no nnsight wrapping)."""
+        return self.lm._module
+
+    def module(self, path: str) -> torch.nn.Module:
+        return self.hf_model.get_submodule(path)
+
+    @torch.no_grad()
+    def decode(self, resid: torch.Tensor) -> torch.Tensor:
+        """Residual-stream vectors -> logits through the model's own final norm and unembedding."""
+        normed = self.module(self.spec.final_norm)(resid)
+        logits = self.module(self.spec.unembed)(normed)
+        return adapter.final_logits(self.spec, self.hf_model.config, logits)
+
+
+def _model_info(config, spec: adapter.ArchitectureSpec, n_layers: int) -> ModelInfo:
+    text = getattr(config, "text_config", None) or config
+    n_heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
+    return ModelInfo(
+        model_type=config.model_type,
+        family=spec.family,
+        n_layers=n_layers,
+        d_model=getattr(text, "hidden_size", None) or getattr(text, "n_embd"),
+        n_heads=n_heads,
+        n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
+        vocab_size=text.vocab_size,
+        max_positions=getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None),
+    )
+
+
+def _read_model_type(local: LocalModel) -> str:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(local.path).model_type
+    except Exception as exc:
+        raise ModelLoadError(f"Could not read the config of {local.path}: {exc}") from exc
+
+
+def load(local: LocalModel, settings: Settings) -> LoadedModel:
+    """Load the model in ``local`` for tracing, on the configured device, eager attention."""
+    from nnsight import TransformersModel
+
+    spec = adapter.spec_for_model_type(_read_model_type(local))
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        lm = TransformersModel(
+            str(local.path.resolve()),
+            task="text-generation",
+            dispatch=True,
+            attn_implementation="eager",
+            dtype=torch.float32,
+            device_map=_device(settings),
+            rename=spec.rename_table(),
+        )
+    except UnsupportedArchitecture:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"Could not load the model in {local.path}: {exc}") from exc
+    hf_model = lm._module
+    hf_model.eval()
+    adapter.validate(spec, hf_model, hf_model.config.model_type)
+    n_layers = len(hf_model.get_submodule(spec.layers))
+    return LoadedModel(
+        name=local.name,
+        digest=local.digest,
+        note=local.note,
+        lm=lm,
+        tokenizer=lm.tokenizer,
+        spec=spec,
+        info=_model_info(hf_model.config, spec, n_layers),
+    )
+
+
+def _device(settings: Settings) -> str:
+    if settings.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return settings.device

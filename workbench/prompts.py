@@ -1,0 +1,79 @@
+"""Turning user text into token ids, with every check a user deserves.
+
+Owns prompt validation (empty, too long, binary) and answer-token validation
+(exactly one token). Prompts are tokenized the way the model's tokenizer does
+by default, so Gemma gets its ``<bos>`` and SmolLM2 gets none, as in normal use.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import torch
+
+from workbench.config import Settings
+from workbench.errors import BadAnswer, BadPrompt
+from workbench.models.loader import LoadedModel
+
+_ALLOWED_CONTROL = {"\n", "\t", "\r"}
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    text: str
+    ids: torch.Tensor  # (seq,) int64
+    tokens: tuple[str, ...]  # readable token strings, one per position
+
+
+def check_text(prompt: object, settings: Settings) -> str:
+    """Reject what is not a usable prompt before it reaches the tokenizer."""
+    if not isinstance(prompt, str):
+        raise BadPrompt(f"The prompt must be text, not {type(prompt).__name__}.")
+    if not prompt.strip():
+        raise BadPrompt("The prompt is empty. Type some text to analyse.")
+    if len(prompt) > settings.max_prompt_chars:
+        raise BadPrompt(
+            f"The prompt has {len(prompt):,} characters; the limit is {settings.max_prompt_chars:,}."
+        )
+    bad = sorted({c for c in prompt if _is_binary(c)})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        raise BadPrompt(f"The prompt contains control or binary characters ({shown}); remove them.")
+    return prompt
+
+
+def _is_binary(char: str) -> bool:
+    category = unicodedata.category(char)
+    return (category == "Cc" and char not in _ALLOWED_CONTROL) or category == "Cs"
+
+
+def encode(model: LoadedModel, prompt: object, settings: Settings) -> EncodedPrompt:
+    text = check_text(prompt, settings)
+    ids = model.tokenizer(text, return_tensors="pt").input_ids[0]
+    limit = min(settings.max_prompt_tokens, model.info.max_positions or settings.max_prompt_tokens)
+    if len(ids) > limit:
+        raise BadPrompt(
+            f"The prompt is {len(ids)} tokens long; the limit for {model.name} is {limit} tokens. "
+            "Shorten it."
+        )
+    return EncodedPrompt(text=text, ids=ids, tokens=token_strings(model, ids))
+
+
+def token_strings(model: LoadedModel, ids) -> tuple[str, ...]:
+    """Each id decoded on its own (so leading spaces and byte pieces stay visible)."""
+    return tuple(model.tokenizer.decode([int(i)]) for i in ids)
+
+
+def single_token_id(model: LoadedModel, answer: object) -> int:
+    """The id of ``answer`` if it is exactly one token (no special tokens added)."""
+    if not isinstance(answer, str) or answer == "":
+        raise BadAnswer("The target token is empty. Type a single token, e.g. ' Paris'.")
+    ids = model.tokenizer(answer, add_special_tokens=False).input_ids
+    if len(ids) != 1:
+        pieces = " + ".join(repr(s) for s in token_strings(model, ids))
+        raise BadAnswer(
+            f"{answer!r} is {len(ids)} tokens for {model.name} ({pieces}), not one. "
+            "Pick a single-token answer (mind the leading space)."
+        )
+    return int(ids[0])

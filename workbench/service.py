@@ -1,0 +1,111 @@
+"""The backend entry point the pages (and the CLI, benchmarks, tests) call.
+
+Owns the request flow for every analysis:
+
+    check input -> resolve + materialize model (digest, no weights loaded)
+    -> result cache lookup -> load model -> trace (or read cached activations)
+    -> analyse -> store result
+
+and the per-process registry of loaded models (one load per model, guarded so
+two sessions asking at once load it once). Long steps report through a
+``progress(fraction | None, message)`` callback that pages turn into widgets.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from workbench import prompts, tracing
+from workbench.analyses import logit_lens
+from workbench.config import Settings, load_settings
+from workbench.models import catalog, loader
+from workbench.models.catalog import LocalModel
+from workbench.models.loader import LoadedModel
+from workbench.store import ActivationKey, ResultKey, Store
+from workbench.store.duckdb_store import ids_digest
+
+Progress = Callable[[float | None, str], None]
+RESID_SITE = "resid"
+
+
+def _silent(_fraction: float | None, _message: str) -> None:
+    return None
+
+
+class Workbench:
+    """One per process: holds the store and the loaded models."""
+
+    def __init__(self, settings: Settings | None = None, store: Store | None = None):
+        self.settings = settings or load_settings()
+        self.store = store or Store(self.settings.database_path)
+        self._local: dict[str, LocalModel] = {}
+        self._loaded: dict[str, LoadedModel] = {}
+        self._registry_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------------ models
+
+    def local_model(self, name: str, progress: Progress = _silent) -> LocalModel:
+        """The model's directory and digest, converting bundled weights on first use."""
+        entry = catalog.resolve(name)
+        with self._registry_lock:
+            if entry.name not in self._local:
+                self._local[entry.name] = catalog.materialize(entry, self.settings, progress)
+            return self._local[entry.name]
+
+    def model(self, name: str, progress: Progress = _silent) -> LoadedModel:
+        local = self.local_model(name, progress)
+        with self._registry_lock:
+            if local.name not in self._loaded:
+                progress(None, f"Loading {local.name}")
+                self._loaded[local.name] = loader.load(local, self.settings)
+            return self._loaded[local.name]
+
+    # ------------------------------------------------------------------ activations
+
+    def residual_stream(self, model: LoadedModel, ids: torch.Tensor, progress: Progress = _silent) -> torch.Tensor:
+        """(layer, seq, d_model) residual stream for ``ids``, from the store when it is there."""
+        key = ActivationKey(model.digest, ids_digest(ids), RESID_SITE)
+        cached = self.store.get_activations(key)
+        if cached is not None:
+            return torch.from_numpy(cached)
+        progress(None, "Running the model")
+        resid = tracing.residual_stream(model, ids).resid
+        self.store.put_activations(key, resid.numpy())
+        return resid
+
+    # ------------------------------------------------------------------ analyses
+
+    def logit_lens(
+        self, model_name: str, request: logit_lens.LogitLensRequest, progress: Progress = _silent
+    ) -> logit_lens.LogitLensResult:
+        prompts.check_text(request.prompt, self.settings)
+        local = self.local_model(model_name, progress)
+        key = ResultKey(logit_lens.NAME, logit_lens.VERSION, local.digest, request.digest())
+        cached = self.store.get_result(key, logit_lens.LogitLensResult)
+        if cached is not None:
+            return cached
+        model = self.model(model_name, progress)
+        encoded = prompts.encode(model, request.prompt, self.settings)
+        target_id = prompts.single_token_id(model, request.target) if request.target else None
+        resid = self.residual_stream(model, encoded.ids, progress)
+        result = logit_lens.compute(model, encoded.tokens, resid, request, target_id, progress)
+        self.store.put_result(key, result, model_name=local.name, request_json=json.dumps(asdict(request)))
+        return result
+
+    def next_token_distribution(self, model_name: str, prompt: str, k: int = 5) -> list[tuple[str, float]]:
+        """The model's own top-k next tokens for ``prompt`` (a plain forward pass)."""
+        model = self.model(model_name)
+        encoded = prompts.encode(model, prompt, self.settings)
+        probs = torch.softmax(tracing.forward_logits(model, encoded.ids)[-1].double(), -1)
+        top = probs.topk(k)
+        tokens = prompts.token_strings(model, top.indices)
+        return list(zip(tokens, np.asarray(top.values, dtype=float).tolist()))
