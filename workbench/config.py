@@ -5,6 +5,7 @@ lives, which device and how many threads torch uses, and input limits.
 
 Environment variables (all optional):
     LAYERLENS_CACHE_DIR     cache directory (default: ``cache/`` next to the package)
+    LAYERLENS_MODELS_DIR    converted models (default: ``<cache dir>/models``); tests share it
     LAYERLENS_DEVICE        ``cpu`` (default), ``cuda`` or ``auto``
     LAYERLENS_THREADS       torch intra-op threads (default: torch's own choice)
     LAYERLENS_MAX_TOKENS    longest prompt accepted, in tokens (default 256)
@@ -23,6 +24,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class Settings:
     cache_dir: Path = PROJECT_ROOT / "cache"
+    models_dir_override: Path | None = None
     device: str = "cpu"
     threads: int | None = None
     max_prompt_tokens: int = 256
@@ -31,7 +33,7 @@ class Settings:
 
     @property
     def models_dir(self) -> Path:
-        return self.cache_dir / "models"
+        return self.models_dir_override or self.cache_dir / "models"
 
     @property
     def database_path(self) -> Path:
@@ -50,6 +52,9 @@ def load_settings() -> Settings:
     """Settings from the environment, with defaults for whatever is unset."""
     return Settings(
         cache_dir=Path(os.environ.get("LAYERLENS_CACHE_DIR", PROJECT_ROOT / "cache")).resolve(),
+        models_dir_override=Path(os.environ["LAYERLENS_MODELS_DIR"]).resolve()
+        if os.environ.get("LAYERLENS_MODELS_DIR")
+        else None,
         device=os.environ.get("LAYERLENS_DEVICE", "cpu"),
         threads=_env_int("LAYERLENS_THREADS", None),
         max_prompt_tokens=_env_int("LAYERLENS_MAX_TOKENS", 256) or 256,

@@ -61,7 +61,7 @@ class ArchitectureSpec:
             table[self.mlp] = "mlp"
         return table
 
-    def required_paths(self, n_layers: int) -> dict[str, str]:
+    def required_paths(self) -> dict[str, str]:
         """Every module path the workbench relies on, keyed by its role."""
         block = f"{self.layers}.0"
         paths = {
@@ -155,10 +155,9 @@ def _has_path(module: torch.nn.Module, path: str) -> bool:
 
 def validate(spec: ArchitectureSpec, hf_model: torch.nn.Module, model_type: str) -> None:
     """Raise UnsupportedArchitecture naming every module the spec expects but the model lacks."""
-    n_layers = len(hf_model.get_submodule(spec.layers)) if _has_path(hf_model, spec.layers) else 0
     missing = [
         f"{role} ({path})"
-        for role, path in spec.required_paths(n_layers).items()
+        for role, path in spec.required_paths().items()
         if not _has_path(hf_model, path)
     ]
     if missing:

@@ -105,7 +105,7 @@ class Store:
         cur = self._con.cursor()
         try:
             cur.execute(_SCHEMA)
-            row = cur.execute("SELECT value FROM store_meta WHERE name = 'schema_version'").fetchone()
+            row = _one(cur, "SELECT value FROM store_meta WHERE name = 'schema_version'")
             if row is None:
                 cur.execute("INSERT INTO store_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
             elif int(row[0]) != SCHEMA_VERSION:
@@ -120,7 +120,7 @@ class Store:
 
     def get_result(self, key: ResultKey, result_type):
         cur = self._con.cursor()
-        row = cur.execute("SELECT scalars_json FROM results WHERE result_id = ?", [key.id]).fetchone()
+        row = _one(cur, "SELECT scalars_json FROM results WHERE result_id = ?", [key.id])
         if row is None:
             return None
         arrays = dict(cur.execute("SELECT name, npy FROM result_arrays WHERE result_id = ?", [key.id]).fetchall())
@@ -144,17 +144,15 @@ class Store:
     def count_results(self, analysis: str | None = None) -> int:
         cur = self._con.cursor()
         if analysis is None:
-            return cur.execute("SELECT count(*) FROM results").fetchone()[0]
-        return cur.execute("SELECT count(*) FROM results WHERE analysis = ?", [analysis]).fetchone()[0]
+            return _one(cur, "SELECT count(*) FROM results")[0]
+        return _one(cur, "SELECT count(*) FROM results WHERE analysis = ?", [analysis])[0]
 
     # ------------------------------------------------------------------ activations
 
     def get_activations(self, key: ActivationKey) -> np.ndarray | None:
         """The stored (layer, seq, d_model) float32 array, or None."""
         cur = self._con.cursor()
-        meta = cur.execute(
-            "SELECT n_layers, n_positions, d_model FROM activation_sets WHERE activation_id = ?", [key.id]
-        ).fetchone()
+        meta = _one(cur, "SELECT n_layers, n_positions, d_model FROM activation_sets WHERE activation_id = ?", [key.id])
         if meta is None:
             return None
         n_layers, n_positions, d_model = meta
@@ -163,7 +161,7 @@ class Store:
             params={"id": key.id},
         ).to_arrow_table()
         values = table.column("vec").combine_chunks().values.to_numpy(zero_copy_only=False)
-        return values.astype(np.float32, copy=False).reshape(n_layers, n_positions, d_model)
+        return np.array(values, dtype=np.float32).reshape(n_layers, n_positions, d_model)  # writable copy
 
     def put_activations(self, key: ActivationKey, activations: np.ndarray) -> None:
         array = np.ascontiguousarray(activations, dtype=np.float32)
@@ -210,6 +208,12 @@ class Store:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+
+def _one(cur: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple | None:
+    """The first row of a query, with the result fully consumed (DuckDB 2 refuses new work otherwise)."""
+    rows = cur.execute(sql, params or []).fetchall()
+    return rows[0] if rows else None
 
 
 def _vector_table(d_model: int) -> str:

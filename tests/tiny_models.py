@@ -1,0 +1,78 @@
+"""Tiny random models and a tiny tokenizer, built from configs (no download), for unit tests.
+
+Biases get random values (HF zero-initialises them, which hides bugs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+CORPUS = [
+    "The capital of France is Paris. The capital of Italy is Rome.",
+    "When Mary and John went to the store, John gave a drink to Mary.",
+    "Alice and Bob walked to the park, and Bob threw a ball to Alice.",
+    "One two three four five six seven eight nine ten.",
+]
+
+ARCHITECTURES = ("gpt2", "llama", "qwen2", "gemma3_text")
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS * 20, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
+    )
+
+
+def build_config(arch: str, vocab_size: int):
+    from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2)
+    if arch == "gpt2":
+        return GPT2Config(n_embd=64, n_layer=3, n_head=4, n_positions=128, **common)
+    if arch == "llama":
+        return LlamaConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128, **common,
+        )
+    if arch == "qwen2":
+        return Qwen2Config(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128, **common,
+        )
+    if arch == "gemma3_text":
+        return Gemma3TextConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+            final_logit_softcapping=30.0, sliding_window=8, **common,
+        )
+    raise ValueError(arch)
+
+
+def build_model_dir(arch: str, directory: Path, seed: int = 0) -> Path:
+    """Save a tiny random ``arch`` model plus the tiny tokenizer into ``directory``."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    model = AutoModelForCausalLM.from_config(build_config(arch, len(tokenizer)))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.1)
+            elif "norm" in name or ".ln_" in name:
+                param.add_(torch.randn_like(param) * 0.1)  # non-trivial norm weights
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
