@@ -1,6 +1,8 @@
 """LayerLens workbench: Streamlit entry point.
 
-Sets the page config, draws the model picker and navigates between pages.
+Sets the page config, draws the shared sidebar (model picker) and navigates
+between the pages in ``app_pages/`` (not ``pages/``: that name turns on
+Streamlit's legacy auto-discovery, which breaks direct page URLs on a fresh server).
 Computes nothing: pages call ``workbench.service`` through ``ui``.
 Run with ``make run`` (see README).
 """
@@ -12,10 +14,9 @@ import ui
 st.set_page_config(page_title="LayerLens", layout="wide")
 page = st.navigation(
     [
-        st.Page("pages/home.py", title="Home", default=True),
-        st.Page("pages/logit_lens.py", title="Logit lens", url_path="logit_lens"),
+        st.Page("app_pages/home.py", title="Home", default=True),
+        st.Page("app_pages/logit_lens.py", title="Logit lens", url_path="logit_lens"),
     ]
 )
-st.sidebar.title("LayerLens")
 ui.model_picker()
 page.run()

@@ -36,23 +36,34 @@ def workbench() -> Workbench:
 
 
 def model_picker() -> str:
-    """Sidebar model choice; returns the name the backend resolves (catalog, path or hub id)."""
+    """Sidebar model choice; returns the name the backend resolves (catalog, path or hub id).
+
+    ``app.py`` draws it around every page. Widget state does not survive a page switch,
+    so the choice is also kept under plain session-state keys and restored on the next page.
+    """
+    st.sidebar.title("LayerLens")
     choices = catalog.catalog_names() + [OTHER]
+    remembered = st.session_state.get("_model_choice", catalog.DEFAULT_MODEL)
     choice = st.sidebar.selectbox(
-        "Model", choices, key="model_choice",
+        "Model", choices, key="model_choice", index=choices.index(remembered) if remembered in choices else 0,
         format_func=lambda n: catalog.CATALOG[n].label if n in catalog.CATALOG else n,
     )
-    if choice == OTHER:
-        name = st.sidebar.text_input("Model directory or hub id", key="model_custom").strip()
-    else:
-        name = choice
+    st.session_state["_model_choice"] = choice
+    if choice != OTHER:
         st.sidebar.caption(catalog.CATALOG[choice].note)
+        st.session_state["model_name"] = choice
+        return choice
+    name = st.sidebar.text_input(
+        "Model directory or hub id", value=st.session_state.get("_model_custom", ""), key="model_custom"
+    ).strip()
+    st.session_state["_model_custom"] = name
     st.session_state["model_name"] = name
     return name
 
 
 def selected_model() -> str:
-    return st.session_state.get("model_name") or catalog.DEFAULT_MODEL
+    """The model chosen in the sidebar (drawn by app.py before the page runs)."""
+    return st.session_state.get("model_name", catalog.DEFAULT_MODEL)
 
 
 @contextlib.contextmanager

@@ -97,18 +97,25 @@ def compute(
     top_ids = np.zeros((n_slots, seq, k), np.int64)
     top_probs = np.zeros((n_slots, seq, k), np.float32)
     kl = np.zeros((n_slots, seq), np.float32)
-    ranks, target_probs = [], []
-    final_logprobs = torch.log_softmax(model.decode(resid[-1]).double(), dim=-1)  # (seq, vocab)
-    for slot in range(n_slots):  # one slot at a time: (seq, vocab) logits can be large
-        logprobs = torch.log_softmax(model.decode(resid[slot]).double(), dim=-1)
-        probs, ids = logprobs.exp().topk(k, dim=-1)
-        top_ids[slot], top_probs[slot] = ids.numpy(), probs.float().numpy()
-        kl[slot] = kl_divergence(final_logprobs, logprobs).float().numpy()
+    ranks = np.zeros(n_slots if target_id is not None else 0, np.int64)
+    target_probs = np.zeros(n_slots if target_id is not None else 0, np.float32)
+    final_logprobs = None
+    # Last chunk first: the final distribution then comes from the very same computation as
+    # the last row, so KL(final || final) is exactly 0.
+    for chunk in reversed(_slot_chunks(n_slots, seq, model.info.vocab_size)):
+        logprobs = torch.log_softmax(model.decode(resid[chunk]).float(), dim=-1)  # (slots, seq, vocab)
+        if final_logprobs is None:
+            final_logprobs = logprobs[-1]
+        top = logprobs.topk(k, dim=-1)
+        top_ids[chunk], top_probs[chunk] = top.indices.numpy(), top.values.exp().numpy()
+        kl[chunk] = kl_divergence(final_logprobs, logprobs).numpy()
         if target_id is not None:
-            last = logprobs[-1]
-            ranks.append(int((last > last[target_id]).sum()) + 1)
-            target_probs.append(float(last[target_id].exp()))
-        progress((slot + 1) / n_slots, f"Decoded layer {slot}/{n_slots - 1}")
+            last = logprobs[:, -1]  # (slots, vocab)
+            target = last[:, target_id : target_id + 1]
+            ranks[chunk] = ((last > target).sum(-1) + 1).numpy()
+            target_probs[chunk] = target[:, 0].exp().numpy()
+        done = n_slots - chunk.start
+        progress(done / n_slots, f"Decoded {done} of {n_slots} layers")
     return LogitLensResult(
         model_name=model.name,
         layer_labels=layer_labels(n_slots - 1),
@@ -119,9 +126,16 @@ def compute(
         kl_to_final=kl,
         target_token=request.target if target_id is not None else "",
         target_id=-1 if target_id is None else target_id,
-        target_rank=np.array(ranks, np.int64),
-        target_prob=np.array(target_probs, np.float32),
+        target_rank=ranks,
+        target_prob=target_probs,
     )
+
+
+def _slot_chunks(n_slots: int, seq: int, vocab: int, budget_bytes: int = 256 << 20) -> list[slice]:
+    """Consecutive slot ranges whose (slots, seq, vocab) float32 logits fit in the budget."""
+    per_slot = max(1, seq * vocab * 4 * 3)  # logits, log-probs and one temporary
+    size = max(1, min(n_slots, budget_bytes // per_slot))
+    return [slice(start, min(start + size, n_slots)) for start in range(0, n_slots, size)]
 
 
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

