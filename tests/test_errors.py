@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from workbench import prompts
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.config import Settings
 from workbench.errors import (
-    BadAnswer, BadPrompt, BadRequest, UnknownModel, UnsupportedArchitecture, WorkbenchError,
+    BadAnswer,
+    BadPrompt,
+    BadRequest,
+    UnknownModel,
+    UnsupportedArchitecture,
+    WorkbenchError,
 )
 from workbench.models import adapter, catalog
 
@@ -65,7 +72,8 @@ def test_hub_id_offline_fails_fast(workbench):
 
 
 def test_unsupported_architecture_names_it(workbench, tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}))
+    config = {"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedArchitecture, match="'gpt_neox' is not supported.*llama"):
         workbench.model(str(tmp_path))
 
@@ -73,7 +81,8 @@ def test_unsupported_architecture_names_it(workbench, tmp_path):
 def test_incomplete_spec_names_missing_modules(tiny_dirs, workbench):
     model = workbench.model(str(tiny_dirs["llama"]))
     broken = adapter.ArchitectureSpec(**{**model.spec.__dict__, "mlp_gate": "no_such_proj", "final_norm": "model.nope"})
-    with pytest.raises(UnsupportedArchitecture, match=r"final_norm \(model.nope\), mlp_gate \(model.layers.0.mlp.no_such_proj\)"):
+    expected = r"final_norm \(model.nope\), mlp_gate \(model.layers.0.mlp.no_such_proj\)"
+    with pytest.raises(UnsupportedArchitecture, match=expected):
         adapter.validate(broken, model.hf_model, "llama")
 
 

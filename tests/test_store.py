@@ -99,8 +99,9 @@ def test_keys_change_with_model_request_and_version():
 
 def test_second_process_gets_a_clear_locked_error(tmp_path):
     path = tmp_path / "locked.duckdb"
+    hold = f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('ready', flush=True); time.sleep(60)"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); print('ready', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", hold],
         stdout=subprocess.PIPE, text=True,
     )
     try:

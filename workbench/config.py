@@ -39,7 +39,7 @@ class Settings:
     def database_path(self) -> Path:
         return self.cache_dir / "workbench.duckdb"
 
-    def with_cache_dir(self, cache_dir: Path) -> "Settings":
+    def with_cache_dir(self, cache_dir: Path) -> Settings:
         return replace(self, cache_dir=Path(cache_dir))
 
 

@@ -47,6 +47,7 @@ class Workbench:
         self._local: dict[str, LocalModel] = {}
         self._loaded: dict[str, LoadedModel] = {}
         self._registry_lock = threading.Lock()
+        self._name_locks: dict[str, threading.Lock] = {}
 
     def close(self) -> None:
         self.store.close()
@@ -56,18 +57,23 @@ class Workbench:
     def local_model(self, name: str, progress: Progress = _silent) -> LocalModel:
         """The model's directory and digest, converting bundled weights on first use."""
         entry = catalog.resolve(name)
-        with self._registry_lock:
+        with self._lock_for(entry.name):
             if entry.name not in self._local:
                 self._local[entry.name] = catalog.materialize(entry, self.settings, progress)
             return self._local[entry.name]
 
     def model(self, name: str, progress: Progress = _silent) -> LoadedModel:
         local = self.local_model(name, progress)
-        with self._registry_lock:
+        with self._lock_for(local.name):
             if local.name not in self._loaded:
                 progress(None, f"Loading {local.name}")
                 self._loaded[local.name] = loader.load(local, self.settings)
             return self._loaded[local.name]
+
+    def _lock_for(self, name: str) -> threading.Lock:
+        """One lock per model name: loading one model never blocks requests for another."""
+        with self._registry_lock:
+            return self._name_locks.setdefault(name, threading.Lock())
 
     # ------------------------------------------------------------------ activations
 
@@ -108,4 +114,4 @@ class Workbench:
         probs = torch.softmax(tracing.forward_logits(model, encoded.ids)[-1].double(), -1)
         top = probs.topk(k)
         tokens = prompts.token_strings(model, top.indices)
-        return list(zip(tokens, np.asarray(top.values, dtype=float).tolist()))
+        return list(zip(tokens, np.asarray(top.values, dtype=float).tolist(), strict=True))

@@ -36,7 +36,7 @@ def residual_stream(model: LoadedModel, token_ids: torch.Tensor) -> ResidualTrac
         raise ValueError("token_ids must be one sequence, shape (seq,)")
     lm = model.lm
     with model.lock, torch.no_grad():
-        with lm.trace(token_ids.unsqueeze(0)):
+        with lm.trace(token_ids.unsqueeze(0).to(model.device)):
             states = []
             states.append(_first(lm.layers[0].input))
             for layer in range(model.info.n_layers):
@@ -51,5 +51,5 @@ def residual_stream(model: LoadedModel, token_ids: torch.Tensor) -> ResidualTrac
 def forward_logits(model: LoadedModel, token_ids: torch.Tensor) -> torch.Tensor:
     """A plain forward pass (no recording), the baseline that benchmarks compare against."""
     with model.lock, torch.no_grad():
-        out = model.hf_model(token_ids.unsqueeze(0).to(model.hf_model.device))
+        out = model.hf_model(token_ids.unsqueeze(0).to(model.device))
     return out.logits[0].float().cpu()

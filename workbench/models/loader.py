@@ -22,6 +22,10 @@ from workbench.models.catalog import LocalModel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing local path must never become a hub lookup
 
+# transformers' loading flips process-global switches (weight init, tying); two loads in two
+# threads at once leave them wrong and later models come back with untied, random lm_heads.
+_LOAD_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -56,22 +60,26 @@ class LoadedModel:
     def module(self, path: str) -> torch.nn.Module:
         return self.hf_model.get_submodule(path)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
     @torch.no_grad()
     def decode(self, resid: torch.Tensor) -> torch.Tensor:
-        """Residual-stream vectors -> logits through the model's own final norm and unembedding."""
-        normed = self.module(self.spec.final_norm)(resid)
+        """Residual-stream vectors -> logits (on the CPU) through the model's final norm and unembedding."""
+        normed = self.module(self.spec.final_norm)(resid.to(self.device))
         logits = self.module(self.spec.unembed)(normed)
-        return adapter.final_logits(self.spec, self.hf_model.config, logits)
+        return adapter.final_logits(self.spec, self.hf_model.config, logits).float().cpu()
 
 
 def _model_info(config, spec: adapter.ArchitectureSpec, n_layers: int) -> ModelInfo:
     text = getattr(config, "text_config", None) or config
-    n_heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
+    n_heads = getattr(text, "num_attention_heads", None) or text.n_head
     return ModelInfo(
         model_type=config.model_type,
         family=spec.family,
         n_layers=n_layers,
-        d_model=getattr(text, "hidden_size", None) or getattr(text, "n_embd"),
+        d_model=getattr(text, "hidden_size", None) or text.n_embd,
         n_heads=n_heads,
         n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
         vocab_size=text.vocab_size,
@@ -96,15 +104,16 @@ def load(local: LocalModel, settings: Settings) -> LoadedModel:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     try:
-        lm = TransformersModel(
-            str(local.path.resolve()),
-            task="text-generation",
-            dispatch=True,
-            attn_implementation="eager",
-            dtype=torch.float32,
-            device_map=_device(settings),
-            rename=spec.rename_table(),
-        )
+        with _LOAD_LOCK:
+            lm = TransformersModel(
+                str(local.path.resolve()),
+                task="text-generation",
+                dispatch=True,
+                attn_implementation="eager",
+                dtype=torch.float32,
+                device_map=_device(settings),
+                rename=spec.rename_table(),
+            )
     except UnsupportedArchitecture:
         raise
     except Exception as exc:
@@ -112,6 +121,7 @@ def load(local: LocalModel, settings: Settings) -> LoadedModel:
     hf_model = lm._module
     hf_model.eval()
     adapter.validate(spec, hf_model, hf_model.config.model_type)
+    _check_tied_unembedding(hf_model, spec, local)
     n_layers = len(hf_model.get_submodule(spec.layers))
     return LoadedModel(
         name=local.name,
@@ -122,6 +132,20 @@ def load(local: LocalModel, settings: Settings) -> LoadedModel:
         spec=spec,
         info=_model_info(hf_model.config, spec, n_layers),
     )
+
+
+def _check_tied_unembedding(hf_model: torch.nn.Module, spec: adapter.ArchitectureSpec, local: LocalModel) -> None:
+    """A model with tied embeddings must decode with its embedding matrix, not a random lm_head."""
+    text = getattr(hf_model.config, "text_config", None) or hf_model.config
+    if not getattr(text, "tie_word_embeddings", False):
+        return
+    embed = hf_model.get_submodule(spec.embed).weight
+    unembed = hf_model.get_submodule(spec.unembed).weight
+    if embed.shape != unembed.shape or not torch.equal(embed, unembed):
+        raise ModelLoadError(
+            f"{local.path} declares tied embeddings but its unembedding differs from the embedding "
+            "after loading; the weights are inconsistent."
+        )
 
 
 def _device(settings: Settings) -> str:
