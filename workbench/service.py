@@ -13,16 +13,14 @@ two sessions asking at once load it once). Long steps report through a
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
 
 import numpy as np
 import torch
 
 from workbench import prompts, tracing
-from workbench.analyses import logit_lens
+from workbench.analyses import logit_lens, request_digest, request_json
 from workbench.config import Settings, load_settings
 from workbench.models import catalog, loader
 from workbench.models.catalog import LocalModel
@@ -90,22 +88,32 @@ class Workbench:
 
     # ------------------------------------------------------------------ analyses
 
+    def cached(self, analysis, local: LocalModel, request, compute: Callable[[], object]):
+        """The stored result of ``analysis`` (a module with NAME, VERSION, a result type) for
+        ``request`` on ``local``, or ``compute()`` it and store it. Only complete results are stored."""
+        key = ResultKey(analysis.NAME, analysis.VERSION, local.digest, request_digest(request))
+        result_type = analysis.RESULT_TYPE
+        cached = self.store.get_result(key, result_type)
+        if cached is not None:
+            return cached
+        result = compute()
+        self.store.put_result(key, result, model_name=local.name, request_json=request_json(request))
+        return result
+
     def logit_lens(
         self, model_name: str, request: logit_lens.LogitLensRequest, progress: Progress = _silent
     ) -> logit_lens.LogitLensResult:
         prompts.check_text(request.prompt, self.settings)
         local = self.local_model(model_name, progress)
-        key = ResultKey(logit_lens.NAME, logit_lens.VERSION, local.digest, request.digest())
-        cached = self.store.get_result(key, logit_lens.LogitLensResult)
-        if cached is not None:
-            return cached
-        model = self.model(model_name, progress)
-        encoded = prompts.encode(model, request.prompt, self.settings)
-        target_id = prompts.single_token_id(model, request.target) if request.target else None
-        resid = self.residual_stream(model, encoded.ids, progress)
-        result = logit_lens.compute(model, encoded.tokens, resid, request, target_id, progress)
-        self.store.put_result(key, result, model_name=local.name, request_json=json.dumps(asdict(request)))
-        return result
+
+        def compute() -> logit_lens.LogitLensResult:
+            model = self.model(model_name, progress)
+            encoded = prompts.encode(model, request.prompt, self.settings)
+            target_id = prompts.single_token_id(model, request.target) if request.target else None
+            resid = self.residual_stream(model, encoded.ids, progress)
+            return logit_lens.compute(model, encoded.tokens, resid, request, target_id, progress)
+
+        return self.cached(logit_lens, local, request, compute)
 
     def next_token_distribution(self, model_name: str, prompt: str, k: int = 5) -> list[tuple[str, float]]:
         """The model's own top-k next tokens for ``prompt`` (a plain forward pass)."""

@@ -13,10 +13,8 @@ and probabilities, and ``KL(p_final || p_l)`` in nats; per layer, the rank
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,9 +36,6 @@ class LogitLensRequest:
     def __post_init__(self):
         if not 1 <= self.top_k <= MAX_TOP_K:
             raise BadRequest(f"top_k must be between 1 and {MAX_TOP_K}, got {self.top_k}.")
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,6 +72,9 @@ class LogitLensResult:
     def n_layers(self) -> int:
         """Number of transformer blocks (the rows are one more: the embedding slot)."""
         return len(self.layer_labels) - 1
+
+
+RESULT_TYPE = LogitLensResult
 
 
 def layer_labels(n_layers: int) -> np.ndarray:
