@@ -41,7 +41,11 @@ class ArchitectureSpec:
     mlp_out: str  # relative to the mlp: down / output projection
     mlp_gate: str | None  # relative to the mlp; None for non-gated MLPs
     block_norms: tuple[str, ...]  # norms inside a block, in execution order
+    pre_mlp_norm: str  # the block norm whose input is the residual after attention ("resid_mid")
     logit_softcap_attr: str | None = None  # config attribute holding a final logit soft-cap
+    mlp_pre_norm: str | None = None  # block norm whose output the MLP reads (relative to a block)
+    mlp_post_norm: str | None = None  # block norm applied to the MLP output before the residual add
+    norm_weight_offset: float = 0.0  # a norm multiplies by (offset + weight): Gemma uses 1 + weight
 
     @property
     def gated(self) -> bool:
@@ -59,6 +63,7 @@ class ArchitectureSpec:
             table[self.attn] = "attn"
         if self.mlp != "mlp":
             table[self.mlp] = "mlp"
+        table[self.pre_mlp_norm] = "pre_mlp_norm"
         return table
 
     def required_paths(self) -> dict[str, str]:
@@ -76,7 +81,7 @@ class ArchitectureSpec:
         }
         if self.mlp_gate:
             paths["mlp_gate"] = f"{block}.{self.mlp}.{self.mlp_gate}"
-        for norm in self.block_norms:
+        for norm in {*self.block_norms, self.pre_mlp_norm}:
             paths[f"norm:{norm}"] = f"{block}.{norm}"
         return paths
 
@@ -98,6 +103,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         family="llama",
         model_types=("llama", "mistral", "qwen2", "qwen3"),
         block_norms=("input_layernorm", "post_attention_layernorm"),
+        pre_mlp_norm="post_attention_layernorm",
         **_LLAMA_LIKE,
     ),
     ArchitectureSpec(
@@ -109,7 +115,11 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
             "pre_feedforward_layernorm",
             "post_feedforward_layernorm",
         ),
+        pre_mlp_norm="pre_feedforward_layernorm",
         logit_softcap_attr="final_logit_softcapping",
+        mlp_pre_norm="pre_feedforward_layernorm",
+        mlp_post_norm="post_feedforward_layernorm",
+        norm_weight_offset=1.0,
         **_LLAMA_LIKE,
     ),
     ArchitectureSpec(
@@ -125,6 +135,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         mlp_out="c_proj",
         mlp_gate=None,
         block_norms=("ln_1", "ln_2"),
+        pre_mlp_norm="ln_2",
     ),
 )
 
@@ -174,3 +185,74 @@ def final_logits(spec: ArchitectureSpec, config: object, logits: torch.Tensor) -
     if cap:
         return torch.tanh(logits / cap) * cap
     return logits
+
+
+# ---------------------------------------------------------------------- MLP weights by role
+# Neuron analyses read weights, not activations: these helpers hand them over in one
+# orientation, every matrix (neurons, d_model), whatever the module type (nn.Linear keeps
+# (out, in), GPT-2's Conv1D keeps (in, out)).
+
+
+@dataclass(frozen=True)
+class MlpWeights:
+    """One block's MLP weights, one row per neuron, all (neurons, d_model)."""
+
+    w_gate: torch.Tensor | None  # gate projection rows; None for non-gated MLPs
+    w_in: torch.Tensor  # input (up / fc) projection rows
+    w_out: torch.Tensor  # output (down / proj) projection columns, as rows
+
+
+def _block(spec: ArchitectureSpec, hf_model: torch.nn.Module, layer: int) -> torch.nn.Module:
+    return hf_model.get_submodule(spec.layers)[layer]
+
+
+def _input_rows(module: torch.nn.Module) -> torch.Tensor:
+    """(neurons, d_model) rows of a projection that reads the residual stream."""
+    weight = module.weight.detach()
+    return weight if isinstance(module, torch.nn.Linear) else weight.T
+
+
+def _output_rows(module: torch.nn.Module) -> torch.Tensor:
+    """(neurons, d_model) rows of a projection that writes the residual stream."""
+    weight = module.weight.detach()
+    return weight.T if isinstance(module, torch.nn.Linear) else weight
+
+
+def mlp_weights(spec: ArchitectureSpec, hf_model: torch.nn.Module, layer: int) -> MlpWeights:
+    """The gate / in / out weights of block ``layer``'s MLP as (neurons, d_model) matrices (views)."""
+    mlp = _block(spec, hf_model, layer).get_submodule(spec.mlp)
+    gate = _input_rows(mlp.get_submodule(spec.mlp_gate)) if spec.mlp_gate else None
+    return MlpWeights(
+        w_gate=gate,
+        w_in=_input_rows(mlp.get_submodule(spec.mlp_in)),
+        w_out=_output_rows(mlp.get_submodule(spec.mlp_out)),
+    )
+
+
+def mlp_norm_scales(
+    spec: ArchitectureSpec, hf_model: torch.nn.Module, layer: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(d_model,) multiplicative scales of the norm before and the norm after block ``layer``'s MLP.
+
+    ``None`` where the architecture has no such norm. The scale is ``offset + weight``
+    (Gemma's RMSNorm multiplies by ``1 + weight``); biases and the normalisation itself are
+    not included: these are what folding the norm into the MLP weights multiplies by.
+    """
+    block = _block(spec, hf_model, layer)
+
+    def scale(path: str | None) -> torch.Tensor | None:
+        if path is None:
+            return None
+        return block.get_submodule(path).weight.detach().float() + spec.norm_weight_offset
+
+    return scale(spec.mlp_pre_norm), scale(spec.mlp_post_norm)
+
+
+def unembedding_matrix(spec: ArchitectureSpec, hf_model: torch.nn.Module) -> torch.Tensor:
+    """(vocab, d_model) unembedding W_U (the lm_head weight)."""
+    return hf_model.get_submodule(spec.unembed).weight.detach()
+
+
+def mlp_out_envoy(spec: ArchitectureSpec, mlp_envoy):
+    """Inside a trace: the MLP's output projection, whose ``.input`` is the neuron activations."""
+    return getattr(mlp_envoy, spec.mlp_out)
