@@ -43,7 +43,6 @@ class ArchitectureSpec:
     block_norms: tuple[str, ...]  # norms inside a block, in execution order
     pre_mlp_norm: str  # the block norm whose input is the residual after attention ("resid_mid")
     logit_softcap_attr: str | None = None  # config attribute holding a final logit soft-cap
-    mlp_pre_norm: str | None = None  # block norm whose output the MLP reads (relative to a block)
     mlp_post_norm: str | None = None  # block norm applied to the MLP output before the residual add
     norm_weight_offset: float = 0.0  # a norm multiplies by (offset + weight): Gemma uses 1 + weight
 
@@ -117,7 +116,6 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         ),
         pre_mlp_norm="pre_feedforward_layernorm",
         logit_softcap_attr="final_logit_softcapping",
-        mlp_pre_norm="pre_feedforward_layernorm",
         mlp_post_norm="post_feedforward_layernorm",
         norm_weight_offset=1.0,
         **_LLAMA_LIKE,
@@ -245,7 +243,7 @@ def mlp_norm_scales(
             return None
         return block.get_submodule(path).weight.detach().float() + spec.norm_weight_offset
 
-    return scale(spec.mlp_pre_norm), scale(spec.mlp_post_norm)
+    return scale(spec.pre_mlp_norm), scale(spec.mlp_post_norm)
 
 
 def unembedding_matrix(spec: ArchitectureSpec, hf_model: torch.nn.Module) -> torch.Tensor:
