@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from workbench import prompts, tracing
-from workbench.analyses import logit_lens, request_digest, request_json
+from workbench.analyses import depth_use, logit_lens, request_digest, request_json
 from workbench.config import Settings, load_settings
 from workbench.models import catalog, loader
 from workbench.models.catalog import LocalModel
@@ -114,6 +114,23 @@ class Workbench:
             return logit_lens.compute(model, encoded.tokens, resid, request, target_id, progress)
 
         return self.cached(logit_lens, local, request, compute)
+
+    def depth_use(
+        self, model_name: str, request: depth_use.DepthUseRequest, progress: Progress = _silent
+    ) -> depth_use.DepthUseResult:
+        prompts.check_text(request.prompt, self.settings)
+        local = self.local_model(model_name, progress)
+
+        def compute() -> depth_use.DepthUseResult:
+            model = self.model(model_name, progress)
+            encoded = prompts.encode(model, request.prompt, self.settings)
+            progress(0.2, "Recording attention and MLP contributions")
+            clean = tracing.sublayer_stream(model, encoded.ids)
+            progress(0.5, f"Skipping each of the {model.info.n_layers} blocks (one batched run)")
+            resid, logits = tracing.skip_layers(model, encoded.ids, list(range(model.info.n_layers)))
+            return depth_use.compute(local.name, encoded.tokens, clean, resid, logits, request)
+
+        return self.cached(depth_use, local, request, compute)
 
     def next_token_distribution(self, model_name: str, prompt: str, k: int = 5) -> list[tuple[str, float]]:
         """The model's own top-k next tokens for ``prompt`` (a plain forward pass)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import nnsight
 import torch
 
+from workbench.models import adapter
 from workbench.models.loader import LoadedModel
 
 
@@ -52,4 +53,162 @@ def forward_logits(model: LoadedModel, token_ids: torch.Tensor) -> torch.Tensor:
     """A plain forward pass (no recording), the baseline that benchmarks compare against."""
     with model.lock, torch.no_grad():
         out = model.hf_model(token_ids.unsqueeze(0).to(model.device))
+    return out.logits[0].float().cpu()
+
+
+@dataclass(frozen=True)
+class SublayerTrace:
+    resid_in: torch.Tensor  # (layer, seq, d_model): block input
+    resid_mid: torch.Tensor  # (layer, seq, d_model): residual after the attention sublayer
+    resid_out: torch.Tensor  # (layer, seq, d_model): block output
+    logits: torch.Tensor  # (seq, vocab)
+
+
+def sublayer_stream(model: LoadedModel, token_ids: torch.Tensor) -> SublayerTrace:
+    """Residual stream before, between and after the attention and MLP sublayers of every block.
+
+    The middle state is the input of the block's pre-MLP norm (adapter ``pre_mlp_norm``), so each
+    sublayer's contribution is a difference of residuals whatever extra norms the family has.
+    """
+    lm = model.lm
+    with model.lock, torch.no_grad():
+        with lm.trace(token_ids.unsqueeze(0).to(model.device)):
+            ins, mids, outs = [], [], []
+            for layer in range(model.info.n_layers):
+                block = lm.layers[layer]
+                ins.append(_first(block.input))
+                mids.append(_first(block.pre_mlp_norm.input))
+                outs.append(_first(block.output))
+            logits = lm.output.logits
+            nnsight.save(ins)
+            nnsight.save(mids)
+            nnsight.save(outs)
+            logits = nnsight.save(logits)
+    stack = lambda states: torch.stack([s[0].detach().float().cpu() for s in states])  # noqa: E731
+    return SublayerTrace(stack(ins), stack(mids), stack(outs), logits[0].detach().float().cpu())
+
+
+def skip_layers(
+    model: LoadedModel, token_ids: torch.Tensor, skipped: list[int | None]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batched run where row ``i`` skips block ``skipped[i]`` (None: skips nothing).
+
+    Skipping a block replaces its output with its input. Returns ``(resid, logits)``:
+    resid (row, layer = n_layers + 1, seq, d_model), the block-0 input then every block
+    output of each row, and logits (row, seq, vocab).
+    """
+    lm, n_layers = model.lm, model.info.n_layers
+    batch = token_ids.unsqueeze(0).expand(len(skipped), -1).to(model.device)
+    with model.lock, torch.no_grad():
+        with lm.trace(batch):
+            states = []
+            for layer in range(n_layers):
+                block_in = _first(lm.layers[layer].input)  # inputs before outputs: nnsight reads in order
+                if layer == 0:
+                    states.append(block_in)
+                block_out = _first(lm.layers[layer].output)
+                for row, skip in enumerate(skipped):
+                    if skip == layer:
+                        block_out[row] = block_in[row]  # in place: this row skips this block
+                states.append(block_out)
+            logits = lm.output.logits
+            nnsight.save(states)
+            logits = nnsight.save(logits)
+    resid = torch.stack([s.detach().float().cpu() for s in states], dim=1)
+    return resid, logits.detach().float().cpu()
+
+
+# ---------------------------------------------------------------------- MLP neurons
+# A neuron's activation is the input of the MLP's output projection at its index
+# (``act(gate) * up`` for gated MLPs, ``act(fc)`` for GPT-2); ``neurons`` axis = d_mlp.
+
+
+def mlp_activations(model: LoadedModel, token_ids: torch.Tensor) -> torch.Tensor:
+    """(layer, batch, seq, neurons) MLP neuron activations for a (batch, seq) block of equal-length rows.
+
+    Logits are computed for the last position only (``logits_to_keep=1``): the vocabulary
+    projection of every position would cost more than the whole rest of the pass.
+    """
+    if token_ids.ndim != 2:
+        raise ValueError("token_ids must be (batch, seq)")
+    lm = model.lm
+    with model.lock, torch.no_grad():
+        with lm.trace(token_ids.to(model.device), logits_to_keep=1):
+            acts = []
+            for layer in range(model.info.n_layers):
+                acts.append(adapter.mlp_out_envoy(model.spec, lm.layers[layer].mlp).input)
+            nnsight.save(acts)
+    return torch.stack([a.detach().float().cpu() for a in acts])
+
+
+@dataclass(frozen=True)
+class NeuronScaleTrace:
+    logits: torch.Tensor  # (vocab,) final-position logits with the neuron scaled
+    activation: torch.Tensor  # (seq,) the neuron's activation before scaling
+
+
+def scale_neuron(model: LoadedModel, token_ids: torch.Tensor, layer: int, neuron: int, factor: float) -> NeuronScaleTrace:
+    """Run ``token_ids`` (seq,) with one MLP neuron's activation multiplied by ``factor`` at every
+    position (0 ablates it, 2 doubles it); the final-position logits and the clean activation."""
+    if token_ids.ndim != 1:
+        raise ValueError("token_ids must be one sequence, shape (seq,)")
+    lm = model.lm
+    with model.lock, torch.no_grad():
+        with lm.trace(token_ids.unsqueeze(0).to(model.device)):
+            acts = adapter.mlp_out_envoy(model.spec, lm.layers[layer].mlp).input  # (1, seq, neurons)
+            clean = nnsight.save(acts[0, :, neuron].clone())
+            acts[:, :, neuron] = acts[:, :, neuron] * factor
+            logits = nnsight.save(lm.output.logits[0, -1])
+    final = adapter.final_logits(model.spec, model.hf_model.config, logits.detach().float())
+    return NeuronScaleTrace(logits=final.cpu(), activation=clean.detach().float().cpu())
+
+
+@dataclass(frozen=True)
+class AttentionTrace:
+    attn: torch.Tensor  # (n_layers, heads, query, key): attention probabilities of every head
+    resid: torch.Tensor  # (layer = n_layers + 1, seq, d_model): block-0 input, then block outputs
+    mlp_write: torch.Tensor  # (n_layers, seq, d_model): what each block's MLP adds to the residual
+    logits: torch.Tensor  # (seq, vocab)
+
+
+def attention_and_states(model: LoadedModel, token_ids: torch.Tensor) -> AttentionTrace:
+    """One forward pass recording every head's attention probabilities, the residual stream and
+    each MLP's write to the residual (block output minus the input of its pre-MLP norm, so
+    Gemma's extra post-MLP norm is included). Needs eager attention (the loader's default):
+    other implementations return no probabilities."""
+    if token_ids.ndim != 1:
+        raise ValueError("token_ids must be one sequence, shape (seq,)")
+    lm = model.lm
+    with model.lock, torch.no_grad():
+        with lm.trace(token_ids.unsqueeze(0).to(model.device)):
+            probs, states, mids = [], [], []
+            states.append(_first(lm.layers[0].input))
+            for layer in range(model.info.n_layers):
+                block = lm.layers[layer]
+                probs.append(block.attn.output[1])
+                mids.append(_first(block.pre_mlp_norm.input))
+                states.append(_first(block.output))
+            logits = lm.output.logits
+            nnsight.save(probs)
+            nnsight.save(states)
+            nnsight.save(mids)
+            logits = nnsight.save(logits)
+    if any(p is None for p in probs):
+        raise RuntimeError("attention probabilities are missing: load the model with eager attention")
+    attn = torch.stack([p[0].detach().float().cpu() for p in probs])
+    resid = torch.stack([s[0].detach().float().cpu() for s in states])
+    mid = torch.stack([m[0].detach().float().cpu() for m in mids])
+    return AttentionTrace(attn=attn, resid=resid, mlp_write=resid[1:] - mid, logits=logits[0].detach().float().cpu())
+
+
+def logits_with_attention(model: LoadedModel, token_ids: torch.Tensor, implementation: str) -> torch.Tensor:
+    """A plain forward pass under another attention implementation (e.g. "sdpa"), then back to
+    eager, which every trace relies on. Used to check that eager attention changes nothing."""
+    hf_model = model.hf_model
+    with model.lock, torch.no_grad():
+        hf_model.set_attn_implementation(implementation)
+        try:
+            out = hf_model(token_ids.unsqueeze(0).to(model.device))
+        finally:
+            hf_model.set_attn_implementation("eager")
     return out.logits[0].float().cpu()

@@ -1,0 +1,41 @@
+"""Depth use page: how much each block contributes and what skipping it changes."""
+
+import streamlit as st
+
+import ui
+from workbench.analyses.depth_use import DepthUseRequest
+from workbench.figures import depth_use as figures
+
+st.title("Depth use")
+st.caption(
+    "After Csordás et al. (2025), 'Do Language Models Use Their Depth Efficiently?'. Contributions are "
+    "differences of residual states around each sublayer; skipping a block replaces its output by its input."
+)
+model_name = ui.selected_model()
+
+with st.form("depth_form"):
+    prompt = st.text_area(
+        "Prompt", value="The Eiffel Tower is located in the city of Paris, which is the capital of France",
+        key="du_prompt",
+    )
+    first = st.checkbox("Include the first token in the averages (it is usually an attention sink)",
+                        key="du_first")
+    submitted = st.form_submit_button("Run depth analysis", type="primary")
+
+if submitted:
+    st.session_state["du_request"] = (model_name, DepthUseRequest(prompt=prompt, include_first_token=first))
+
+if "du_request" in st.session_state:
+    req_model, request = st.session_state["du_request"]
+    wb = ui.workbench()
+
+    def run():
+        with ui.progress(f"Depth use on {req_model}") as report:
+            return wb.depth_use(req_model, request, report)
+
+    result = ui.guarded(run)
+    if result is not None:
+        st.plotly_chart(figures.contributions(result), key="du_contrib")
+        st.plotly_chart(figures.skip_effects(result), key="du_skip")
+else:
+    st.info("Enter a prompt and press **Run depth analysis**.")

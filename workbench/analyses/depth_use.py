@@ -1,0 +1,117 @@
+"""Depth use: how much each layer writes into the residual stream, and what skipping it changes.
+
+Csordás, Manning & Potts (2025), "Do Language Models Use Their Depth Efficiently?".
+
+Per block ``l`` (positions averaged, the first token excluded by default because it
+is an attention sink with atypical norms):
+
+* relative norm of the attention contribution ``||a_l|| / ||h_l||`` and of the MLP
+  contribution ``||m_l|| / ||h_l + a_l||``, where contributions are differences of
+  residual states (so Gemma's extra post-norms are included, see tracing.sublayer_stream);
+* cosine of each contribution with the residual it is added to (negative: it erases);
+* skipping block ``l`` (its output := its input): KL(p_orig || p_skip) of the output
+  distribution at the last position and averaged over positions, and the relative change
+  ``||h'_m - h_m|| / ||h_m||`` of every later block output ``m``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from workbench.tracing import SublayerTrace
+
+NAME = "depth_use"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class DepthUseRequest:
+    prompt: str
+    include_first_token: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class DepthUseResult:
+    model_name: str
+    tokens: np.ndarray  # (seq,) str
+    attn_rel_norm: np.ndarray  # (layer,) float32
+    mlp_rel_norm: np.ndarray  # (layer,)
+    attn_cos: np.ndarray  # (layer,)
+    mlp_cos: np.ndarray  # (layer,)
+    skip_kl_last: np.ndarray  # (layer,) nats, at the last position
+    skip_kl_mean: np.ndarray  # (layer,) nats, averaged over positions
+    skip_resid_change: np.ndarray  # (skipped layer, later layer) relative change; 0 where later <= skipped
+    include_first_token: bool
+
+    def __post_init__(self):
+        n = len(self.attn_rel_norm)
+        for name in ("mlp_rel_norm", "attn_cos", "mlp_cos", "skip_kl_last", "skip_kl_mean"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"DepthUseResult.{name} has shape {getattr(self, name).shape}, expected ({n},)")
+        if self.skip_resid_change.shape != (n, n):
+            raise ValueError(f"skip_resid_change has shape {self.skip_resid_change.shape}, expected ({n}, {n})")
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.attn_rel_norm)
+
+
+RESULT_TYPE = DepthUseResult
+
+
+def _positions(seq: int, include_first_token: bool) -> slice:
+    return slice(0 if include_first_token or seq == 1 else 1, seq)
+
+
+def _mean_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> np.ndarray:
+    """Mean over positions of ||numerator|| / ||denominator|| for (layer, seq, d) tensors."""
+    return (numerator.norm(dim=-1) / denominator.norm(dim=-1).clamp_min(1e-12)).mean(-1).numpy()
+
+
+def _mean_cos(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1).mean(-1).numpy()
+
+
+def kl_from_logits(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(reference) || softmax(other)) over the last axis, in float64."""
+    logp = torch.log_softmax(reference.double(), -1)
+    logq = torch.log_softmax(other.double(), -1)
+    return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
+
+
+def compute(
+    model_name: str,
+    tokens: tuple[str, ...],
+    clean: SublayerTrace,
+    skipped_resid: torch.Tensor,
+    skipped_logits: torch.Tensor,
+    request: DepthUseRequest,
+) -> DepthUseResult:
+    """``skipped_resid`` (layer, layer + 1, seq, d) and ``skipped_logits`` (layer, seq, vocab):
+    row ``l`` skips block ``l`` (tracing.skip_layers with ``skipped = range(n_layers)``)."""
+    pos = _positions(len(tokens), request.include_first_token)
+    h_in, h_mid, h_out = (t[:, pos] for t in (clean.resid_in, clean.resid_mid, clean.resid_out))
+    attn, mlp = h_mid - h_in, h_out - h_mid
+    n_layers = h_in.shape[0]
+    kl = kl_from_logits(clean.logits.unsqueeze(0), skipped_logits)  # (layer, seq)
+    change = np.zeros((n_layers, n_layers), np.float32)
+    for skipped in range(n_layers):
+        later = skipped_resid[skipped, skipped + 2 :, pos]  # block outputs after the skipped one
+        reference = clean.resid_out[skipped + 1 :, pos]
+        ratio = (later - reference).norm(dim=-1) / reference.norm(dim=-1).clamp_min(1e-12)
+        change[skipped, skipped + 1 :] = ratio.mean(-1).numpy()
+    return DepthUseResult(
+        model_name=model_name,
+        tokens=np.array(tokens),
+        attn_rel_norm=_mean_ratio(attn, h_in).astype(np.float32),
+        mlp_rel_norm=_mean_ratio(mlp, h_mid).astype(np.float32),
+        attn_cos=_mean_cos(attn, h_in).astype(np.float32),
+        mlp_cos=_mean_cos(mlp, h_mid).astype(np.float32),
+        skip_kl_last=kl[:, -1].float().numpy(),
+        skip_kl_mean=kl[:, pos].mean(-1).float().numpy(),
+        skip_resid_change=change,
+        include_first_token=request.include_first_token,
+    )
