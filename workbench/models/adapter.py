@@ -45,6 +45,8 @@ class ArchitectureSpec:
     logit_softcap_attr: str | None = None  # config attribute holding a final logit soft-cap
     mlp_post_norm: str | None = None  # block norm applied to the MLP output before the residual add
     norm_weight_offset: float = 0.0  # a norm multiplies by (offset + weight): Gemma uses 1 + weight
+    mlp_act: str = "act_fn"  # relative to the mlp: the elementwise activation module (RelP identity rule)
+    attn_out: str = "o_proj"  # relative to the attn: output projection, its input is the per-head outputs
 
     @property
     def gated(self) -> bool:
@@ -134,6 +136,8 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         mlp_gate=None,
         block_norms=("ln_1", "ln_2"),
         pre_mlp_norm="ln_2",
+        mlp_act="act",
+        attn_out="c_proj",
     ),
 )
 
