@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from workbench import prompts, tracing
-from workbench.analyses import depth_use, logit_lens, request_digest, request_json
+from workbench.analyses import attention_sinks, depth_use, logit_lens, request_digest, request_json, sink_levels
 from workbench.config import Settings, load_settings
 from workbench.models import catalog, loader
 from workbench.models.catalog import LocalModel
@@ -131,6 +131,42 @@ class Workbench:
             return depth_use.compute(local.name, encoded.tokens, clean, resid, logits, request)
 
         return self.cached(depth_use, local, request, compute)
+
+    def attention_sinks(
+        self, model_name: str, request: attention_sinks.SinkProbeRequest, progress: Progress = _silent
+    ) -> attention_sinks.SinkProbeResult:
+        """Attention-sink probe of one prompt: sink scores per head, hidden-state sinks, creating MLPs."""
+        prompts.check_text(request.prompt, self.settings)
+        local = self.local_model(model_name, progress)
+
+        def compute() -> attention_sinks.SinkProbeResult:
+            model = self.model(model_name, progress)
+            encoded = prompts.encode(model, request.prompt, self.settings)
+            progress(None, "Recording attention, residual stream and MLP writes")
+            trace = tracing.attention_and_states(model, encoded.ids)
+            bos = attention_sinks.first_is_bos(encoded.ids, model.tokenizer.bos_token_id)
+            return attention_sinks.compute(
+                local.name, encoded.tokens, bos, trace.attn, trace.resid, trace.mlp_write, request
+            )
+
+        return self.cached(attention_sinks, local, request, compute)
+
+    def sink_levels(
+        self, model_name: str, request: sink_levels.SinkLevelsRequest, progress: Progress = _silent
+    ) -> sink_levels.SinkLevelsResult:
+        """The sink probe over a prompt set (each probe cached on its own), secondary sinks collected."""
+        for text in request.prompts:
+            prompts.check_text(text, self.settings)
+        local = self.local_model(model_name, progress)
+
+        def compute() -> sink_levels.SinkLevelsResult:
+            probes = []
+            for index, text in enumerate(request.prompts):
+                progress(index / len(request.prompts), f"Probing prompt {index + 1} of {len(request.prompts)}")
+                probes.append(self.attention_sinks(model_name, request.probe_request(text)))
+            return sink_levels.aggregate(local.name, probes)
+
+        return self.cached(sink_levels, local, request, compute)
 
     def next_token_distribution(self, model_name: str, prompt: str, k: int = 5) -> list[tuple[str, float]]:
         """The model's own top-k next tokens for ``prompt`` (a plain forward pass)."""

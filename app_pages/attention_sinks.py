@@ -1,0 +1,106 @@
+"""Attention sinks page: one prompt's sink probe, and sink levels over a prompt set."""
+
+import streamlit as st
+
+import ui
+from workbench.analyses.attention_sinks import SinkProbeRequest
+from workbench.analyses.sink_levels import SinkLevelsRequest, default_prompts
+from workbench.figures import attention_sinks as figures
+
+st.title("Attention sinks")
+st.caption(
+    "Sink score of a key = mean attention it receives from later queries (Gu et al. 2025); a head sinks "
+    "on it when the score exceeds eps. Hidden-state view (Wong et al.): inside the BOS sink window "
+    "(from the block where the first token's norm jumps most to where it drops most) a token is a sink "
+    "where |cos(h_t, h_first)| exceeds the threshold. Gemma's tokenizer prepends <bos>; SmolLM2's adds "
+    "none, so its first real token plays the BOS role."
+)
+model_name = ui.selected_model()
+
+
+def thresholds_widgets(prefix: str) -> dict:
+    cols = st.columns(4)
+    return {
+        "eps": cols[0].number_input("eps (sink score)", 0.01, 0.99, 0.3, 0.05, key=f"{prefix}_eps"),
+        "cos_threshold": cols[1].number_input("|cos| threshold", 0.01, 0.99, 0.9, 0.05, key=f"{prefix}_cos"),
+        "primary_margin": int(cols[2].number_input("primary-like: lifetime ≥ L −", 0, 100, 15, key=f"{prefix}_pm")),
+        "min_secondary_lifetime": int(
+            cols[3].number_input("secondary: lifetime >", 0, 100, 4, key=f"{prefix}_ms")
+        ),
+    }
+
+
+probe_tab, batch_tab = st.tabs(["One prompt", "Sink levels over a prompt set"])
+
+with probe_tab:
+    with st.form("sinks_form"):
+        prompt = st.text_area(
+            "Prompt", value="The capital of France is Paris, and the capital of Italy is Rome.", key="sk_prompt"
+        )
+        thresholds = thresholds_widgets("sk")
+        submitted = st.form_submit_button("Run sink probe", type="primary")
+    if submitted:
+        st.session_state["sk_request"] = (model_name, prompt, thresholds)
+    if "sk_request" in st.session_state:
+        req_model, req_prompt, req_thresholds = st.session_state["sk_request"]
+        wb = ui.workbench()
+
+        def run_probe():
+            request = SinkProbeRequest(prompt=req_prompt, **req_thresholds)
+            with ui.progress(f"Sink probe on {req_model}") as report:
+                return wb.attention_sinks(req_model, request, report)
+
+        result = ui.guarded(run_probe)
+        if result is not None:
+            first = "the tokenizer's BOS" if result.first_is_bos else "the first real token (no BOS added)"
+            st.markdown(
+                f"Position 0 is **{result.tokens[0]}**, {first}. "
+                f"**{result.first_head_fraction:.0%}** of (layer, head) have sink score > {result.eps:g} on it. "
+                f"BOS sink window: after block {result.window_start - 1} to after block {result.window_end - 1} "
+                f"(norm jumps at block {result.jump_block}, "
+                + (f"drops at block {result.drop_block})." if result.drop_block >= 0 else "never drops after).")
+            )
+            st.plotly_chart(figures.layer_token_heatmap(result), key="sk_layer_token")
+            st.plotly_chart(figures.layer_head_heatmap(result), key="sk_layer_head")
+            st.plotly_chart(figures.first_norm_curve(result), key="sk_first_norm")
+            st.plotly_chart(figures.cosine_heatmap(result), key="sk_cosine")
+            st.plotly_chart(figures.norm_heatmap(result), key="sk_norms")
+            rows = figures.sink_rows(result)
+            if rows:
+                st.subheader("Tokens that become sinks in the window")
+                st.dataframe(rows, key="sk_table")
+            else:
+                st.info("No token besides position 0 reaches the cosine threshold inside the window.")
+    else:
+        st.info("Enter a prompt and press **Run sink probe**.")
+
+with batch_tab:
+    with st.form("levels_form"):
+        text = st.text_area("Prompts, one per line", value="\n".join(default_prompts()), height=240, key="lv_prompts")
+        levels_thresholds = thresholds_widgets("lv")
+        batch_submitted = st.form_submit_button("Run over the prompt set", type="primary")
+    if batch_submitted:
+        lines = tuple(line for line in text.splitlines() if line.strip())
+        st.session_state["lv_request"] = (model_name, lines, levels_thresholds)
+    if "lv_request" in st.session_state:
+        req_model, req_prompts, req_thresholds = st.session_state["lv_request"]
+        wb = ui.workbench()
+
+        def run_levels():
+            request = SinkLevelsRequest(prompts=req_prompts, **req_thresholds)
+            with ui.progress(f"Sink levels on {req_model}") as report:
+                return wb.sink_levels(req_model, request, report)
+
+        levels = ui.guarded(run_levels)
+        if levels is not None:
+            st.markdown(
+                f"{len(levels.prompt_secondary_count)} prompts; mean fraction of (layer, head) sinking on "
+                f"{figures.first_label(levels)}: **{levels.prompt_first_fraction.mean():.0%}**; "
+                f"secondary sinks found: **{len(levels.sink_onset)}** "
+                f"in {levels.share_with_secondary:.0%} of prompts."
+            )
+            st.plotly_chart(figures.onset_histogram(levels), key="lv_onsets")
+            if len(levels.sink_onset):
+                st.plotly_chart(figures.lifetime_scatter(levels), key="lv_scatter")
+    else:
+        st.info("Edit the prompt set if you like and press **Run over the prompt set** (results are cached).")
