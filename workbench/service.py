@@ -21,6 +21,7 @@ import torch
 
 from workbench import prompts, tracing
 from workbench.analyses import attention_sinks, depth_use, logit_lens, request_digest, request_json, sink_levels
+from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab, neurons
 from workbench.config import Settings, load_settings
 from workbench.models import catalog, loader
 from workbench.models.catalog import LocalModel
@@ -176,3 +177,56 @@ class Workbench:
         top = probs.topk(k)
         tokens = prompts.token_strings(model, top.indices)
         return list(zip(tokens, np.asarray(top.values, dtype=float).tolist(), strict=True))
+
+    # ------------------------------------------------------------------ neurons
+
+    def neuron_classes(
+        self, model_name: str, request: neurons.NeuronClassRequest, progress: Progress = _silent
+    ) -> neurons.NeuronClassResult:
+        """Cosines and classes of every MLP neuron, from the weights (Gerstner & Schuetze)."""
+        local = self.local_model(model_name, progress)
+        return self.cached(neurons, local, request, lambda: neurons.compute(self.model(model_name, progress),
+                                                                           request, progress))
+
+    def neuron_vocab(
+        self, model_name: str, request: neuron_vocab.NeuronVocabRequest, progress: Progress = _silent
+    ) -> neuron_vocab.NeuronVocabResult:
+        """One neuron's cosines, class and the top tokens of W_U . w_out and W_U . w_in."""
+        local = self.local_model(model_name, progress)
+        return self.cached(neuron_vocab, local, request,
+                           lambda: neuron_vocab.compute(self.model(model_name, progress), request))
+
+    def neuron_search_token(
+        self, model_name: str, token: str, fold_norm: bool = False, limit: int = 20
+    ) -> list[tuple[int, int, float]]:
+        """(layer, neuron, cosine) of the neurons whose w_out best matches ``token``'s unembedding."""
+        model = self.model(model_name)
+        token_id = prompts.single_token_id(model, token)
+        return neuron_vocab.search_by_token(model, token_id, fold_norm, limit)
+
+    def neuron_contexts(
+        self, model_name: str, request: neuron_contexts.NeuronContextsRequest | None = None,
+        progress: Progress = _silent,
+    ) -> neuron_contexts.NeuronContextsResult:
+        """Top-activating corpus contexts of every neuron (the bundled corpus unless told otherwise)."""
+        text = neuron_contexts.corpus_text()
+        request = request or neuron_contexts.NeuronContextsRequest(neuron_contexts.corpus_digest(text))
+        local = self.local_model(model_name, progress)
+        return self.cached(neuron_contexts, local, request,
+                           lambda: neuron_contexts.compute(self.model(model_name, progress), request, text, progress))
+
+    def neuron_effect(
+        self, model_name: str, request: neuron_effect.NeuronEffectRequest, progress: Progress = _silent
+    ) -> neuron_effect.NeuronEffectResult:
+        """Next-token change when one neuron's activation is scaled (0 = ablation)."""
+        prompts.check_text(request.prompt, self.settings)
+        local = self.local_model(model_name, progress)
+
+        def compute() -> neuron_effect.NeuronEffectResult:
+            model = self.model(model_name, progress)
+            neuron_vocab.check_neuron(model, request.layer, request.neuron)
+            encoded = prompts.encode(model, request.prompt, self.settings)
+            progress(None, "Running the model with the neuron scaled")
+            return neuron_effect.compute(model, encoded.tokens, encoded.ids, request)
+
+        return self.cached(neuron_effect, local, request, compute)

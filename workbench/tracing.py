@@ -147,7 +147,9 @@ class NeuronScaleTrace:
     activation: torch.Tensor  # (seq,) the neuron's activation before scaling
 
 
-def scale_neuron(model: LoadedModel, token_ids: torch.Tensor, layer: int, neuron: int, factor: float) -> NeuronScaleTrace:
+def scale_neuron(
+    model: LoadedModel, token_ids: torch.Tensor, layer: int, neuron: int, factor: float
+) -> NeuronScaleTrace:
     """Run ``token_ids`` (seq,) with one MLP neuron's activation multiplied by ``factor`` at every
     position (0 ablates it, 2 doubles it); the final-position logits and the clean activation."""
     if token_ids.ndim != 1:
@@ -159,8 +161,8 @@ def scale_neuron(model: LoadedModel, token_ids: torch.Tensor, layer: int, neuron
             clean = nnsight.save(acts[0, :, neuron].clone())
             acts[:, :, neuron] = acts[:, :, neuron] * factor
             logits = nnsight.save(lm.output.logits[0, -1])
-    final = adapter.final_logits(model.spec, model.hf_model.config, logits.detach().float())
-    return NeuronScaleTrace(logits=final.cpu(), activation=clean.detach().float().cpu())
+    # the model's own output logits: Gemma's soft-cap is already applied by its forward
+    return NeuronScaleTrace(logits=logits.detach().float().cpu(), activation=clean.detach().float().cpu())
 
 
 @dataclass(frozen=True)
