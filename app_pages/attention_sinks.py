@@ -60,6 +60,12 @@ with probe_tab:
                 f"(norm jumps at block {result.jump_block}, "
                 + (f"drops at block {result.drop_block})." if result.drop_block >= 0 else "never drops after).")
             )
+            st.markdown(
+                f"Anisotropy baseline: inside the window, two ordinary tokens have median |cos| "
+                f"**{result.peer_cos_in_window:.2f}** with each other. When this is near the "
+                f"{result.cos_threshold:g} threshold, the cosine criterion reflects a direction every token "
+                "shares rather than sinks."
+            )
             st.plotly_chart(figures.layer_token_heatmap(result), key="sk_layer_token")
             st.plotly_chart(figures.layer_head_heatmap(result), key="sk_layer_head")
             st.plotly_chart(figures.first_norm_curve(result), key="sk_first_norm")
@@ -96,8 +102,9 @@ with batch_tab:
             st.markdown(
                 f"{len(levels.prompt_secondary_count)} prompts; mean fraction of (layer, head) sinking on "
                 f"{figures.first_label(levels)}: **{levels.prompt_first_fraction.mean():.0%}**; "
-                f"secondary sinks found: **{len(levels.sink_onset)}** "
-                f"in {levels.share_with_secondary:.0%} of prompts."
+                f"secondary sinks found: **{levels.count('secondary')}** "
+                f"in {levels.share_with_secondary:.0%} of prompts "
+                f"(other sink tokens: {levels.count('primary-like')} primary-like, {levels.count('noise')} noise)."
             )
             st.plotly_chart(figures.onset_histogram(levels), key="lv_onsets")
             if len(levels.sink_onset):

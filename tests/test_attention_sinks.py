@@ -214,9 +214,9 @@ def test_probe_on_tiny_model_matches_definitions(workbench, tiny_dir):
     trace = tracing.attention_and_states(model, ids)
     seq = len(ids)
     # sink score by the definition, written out with loops for one head
-    l, h, k = model.info.n_layers - 1, 1, 2
-    manual = sum(float(trace.attn[l, h, i, k]) for i in range(k + 1, seq)) / (seq - 1 - k)
-    assert result.sink_scores[l, h, k] == pytest.approx(manual, abs=1e-6)
+    layer, h, k = model.info.n_layers - 1, 1, 2
+    manual = sum(float(trace.attn[layer, h, i, k]) for i in range(k + 1, seq)) / (seq - 1 - k)
+    assert result.sink_scores[layer, h, k] == pytest.approx(manual, abs=1e-6)
     assert np.isnan(result.sink_scores[:, :, -1]).all()
     scores = result.sink_scores[:, :, :-1]
     assert result.head_sink_fraction[0] == pytest.approx(float((scores[:, :, 0] > 0.3).mean()))
@@ -237,12 +237,14 @@ def test_batch_mode_collects_the_probes(workbench, tiny_dirs):
     result = workbench.sink_levels(name, request)
     probes = [workbench.attention_sinks(name, request.probe_request(t)) for t in texts]
     assert result.prompt_secondary_count.tolist() == [len(p.secondary_positions()) for p in probes]
-    assert result.onset_counts.sum() == len(result.sink_onset) == result.prompt_secondary_count.sum()
+    assert result.onset_counts.sum() == result.count("secondary") == result.prompt_secondary_count.sum()
+    assert len(result.sink_kind) == sum(int(((p.kinds != "none") & (p.kinds != "first")).sum()) for p in probes)
     assert result.prompt_first_fraction.tolist() == pytest.approx([p.first_head_fraction for p in probes])
     for row in range(len(result.sink_prompt)):
         probe = probes[result.sink_prompt[row]]
         pos = result.sink_position[row]
-        assert probe.kinds[pos] == "secondary" and result.sink_creator[row] == result.sink_onset[row] - 1
+        assert probe.kinds[pos] == result.sink_kind[row] and result.sink_creator[row] == result.sink_onset[row] - 1
+        assert result.sink_lifetime[row] == probe.lifetimes[pos]
     assert same_result(result, workbench.sink_levels(name, request))
 
 
@@ -268,7 +270,18 @@ def test_aggregate_by_hand():
     assert levels.prompt_secondary_count.tolist() == [0, 1]
     assert levels.sink_prompt.tolist() == [1] and levels.sink_position.tolist() == [3]
     assert levels.sink_onset.tolist() == [2] and levels.sink_lifetime.tolist() == [4]
-    assert levels.sink_creator.tolist() == [1]
+    assert levels.sink_creator.tolist() == [1] and levels.sink_kind.tolist() == ["secondary"]
     assert levels.sink_alignment[0] == pytest.approx(0.6) and levels.sink_mlp_norm[0] == pytest.approx(5.0)
     assert levels.onset_counts.tolist() == [0, 0, 1, 0, 0, 0]
     assert levels.share_with_secondary == 0.5 and levels.first_is_bos
+
+
+def test_peer_cosine_baseline():
+    resid = torch.zeros(2, 4, 2, dtype=torch.float64)
+    resid[:, 0] = torch.tensor([1.0, 0.0])
+    resid[0, 1:] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, -2.0]])  # pairs: 0, 0, 1 -> median 0
+    resid[1, 1:] = torch.tensor([[1.0, 0.0], [-3.0, 0.0], [0.0, 1.0]])  # pairs: 1, 0, 0 -> median 0
+    resid[1, 3] = torch.tensor([1.0, 1.0])  # pairs: 1, 1/sqrt2, 1/sqrt2 -> median 1/sqrt2
+    peer = sinks.peer_cosine(resid)
+    assert peer[0] == 0.0 and peer[1] == pytest.approx(2**-0.5)
+    assert torch.isnan(sinks.peer_cosine(resid[:, :2])).all()

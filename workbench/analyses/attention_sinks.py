@@ -30,7 +30,7 @@ import torch
 from workbench.errors import BadRequest
 
 NAME = "attention_sinks"
-VERSION = 1
+VERSION = 2
 
 KIND_FIRST = "first"  # the first position: the primary sink by construction
 KIND_PRIMARY = "primary-like"
@@ -85,6 +85,7 @@ class SinkProbeResult:
     mlp_alignment: np.ndarray  # (n_layers, seq) float32: cos(MLP write of block b, h_first at slot b+1)
     mlp_norm: np.ndarray  # (n_layers, seq) float32: ||MLP write of block b||
     creator_block: np.ndarray  # (seq,) int64: block whose MLP creates the sink (onset_slot - 1), -1 if none
+    peer_cos: np.ndarray  # (n_layers + 1,) float32: median |cos| between two non-first tokens (NaN if < 2)
 
     def __post_init__(self):
         n_layers, heads, seq = self.sink_scores.shape
@@ -101,6 +102,7 @@ class SinkProbeResult:
             "mlp_alignment": (n_layers, seq),
             "mlp_norm": (n_layers, seq),
             "creator_block": (seq,),
+            "peer_cos": (n_layers + 1,),
         }
         for field_name, shape in expected.items():
             actual = getattr(self, field_name).shape
@@ -115,6 +117,12 @@ class SinkProbeResult:
     def first_head_fraction(self) -> float:
         """Fraction of (layer, head) whose sink score on the first position exceeds eps."""
         return float(self.head_sink_fraction[0])
+
+    @property
+    def peer_cos_in_window(self) -> float:
+        """Mean over the window of the median |cos| between non-first tokens: the anisotropy baseline.
+        Near the cosine threshold, the criterion sees a direction all tokens share, not sinks."""
+        return float(np.mean(self.peer_cos[self.window_start : self.window_end + 1]))
 
     def secondary_positions(self) -> np.ndarray:
         return np.flatnonzero(self.kinds == KIND_SECONDARY)
@@ -154,6 +162,17 @@ def cosine_to_first(resid: torch.Tensor) -> torch.Tensor:
     """(slot, seq, d) -> (slot, seq): cosine of every state with the first position's state."""
     first = resid[:, :1, :]
     return torch.nn.functional.cosine_similarity(resid.double(), first.double(), dim=-1)
+
+
+def peer_cosine(resid: torch.Tensor) -> torch.Tensor:
+    """(slot, seq, d) -> (slot,): median |cos| over all pairs of distinct non-first positions."""
+    others = torch.nn.functional.normalize(resid[:, 1:, :].double(), dim=-1)
+    n = others.shape[1]
+    if n < 2:
+        return torch.full((resid.shape[0],), float("nan"), dtype=torch.float64)
+    gram = (others @ others.transpose(1, 2)).abs()
+    rows, cols = torch.triu_indices(n, n, offset=1)
+    return gram[:, rows, cols].median(dim=-1).values
 
 
 def sink_window(first_norms: np.ndarray) -> tuple[int, int, int, int]:
@@ -254,6 +273,7 @@ def compute(
         mlp_alignment=mlp_alignment(mlp_write, resid).float().numpy(),
         mlp_norm=mlp_write.double().norm(dim=-1).float().numpy(),
         creator_block=creator,
+        peer_cos=peer_cosine(resid).float().numpy(),
     )
 
 

@@ -5,7 +5,9 @@ sinks appear at characteristic depths ("sink levels") set by the MLP that create
 This batch mode runs the single-prompt probe (``attention_sinks``) on every prompt of a
 set and collects each secondary sink: its prompt, position, token, onset slot (the
 residual slot where it first is a sink), lifetime, creating MLP block, that MLP write's
-alignment with the sink direction and its L2 norm; plus a per-slot onset histogram.
+alignment with the sink direction and its L2 norm; plus a per-slot onset histogram of the
+secondary sinks. Tokens of the other kinds (primary-like, noise) are listed too, with their
+kind, so a model whose every token looks like a sink (anisotropy) is visible as such.
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.analyses.attention_sinks import SinkProbeRequest, SinkProbeResult, SinkThresholds
+from workbench.analyses.attention_sinks import (
+    KIND_FIRST,
+    KIND_NONE,
+    KIND_SECONDARY,
+    SinkProbeRequest,
+    SinkProbeResult,
+    SinkThresholds,
+)
 from workbench.errors import BadRequest
 
 NAME = "attention_sink_levels"
-VERSION = 1
+VERSION = 2
 MAX_PROMPTS = 200
 PROMPT_SET = Path(__file__).resolve().parent.parent / "data" / "sink_prompts.txt"
 
@@ -52,7 +61,7 @@ class SinkLevelsRequest(SinkThresholds):
 
 @dataclass(frozen=True, eq=False)
 class SinkLevelsResult:
-    """One row per prompt (``prompt_*``) and one row per secondary sink found (``sink_*``)."""
+    """One row per prompt (``prompt_*``) and one row per sink token other than position 0 (``sink_*``)."""
 
     model_name: str
     n_layers: int
@@ -62,13 +71,14 @@ class SinkLevelsResult:
     prompt_secondary_count: np.ndarray  # (prompts,) int64
     sink_prompt: np.ndarray  # (sinks,) int64: index of the prompt
     sink_position: np.ndarray  # (sinks,) int64
+    sink_kind: np.ndarray  # (sinks,) str: secondary, primary-like or noise
     sink_token: np.ndarray  # (sinks,) str
     sink_onset: np.ndarray  # (sinks,) int64: residual slot where it appears (its "sink level")
     sink_lifetime: np.ndarray  # (sinks,) int64
     sink_creator: np.ndarray  # (sinks,) int64: block whose MLP creates it
     sink_alignment: np.ndarray  # (sinks,) float32: cos(creator MLP write, sink direction)
     sink_mlp_norm: np.ndarray  # (sinks,) float32: ||creator MLP write||
-    onset_counts: np.ndarray  # (n_layers + 1,) int64: secondary sinks appearing at each slot
+    onset_counts: np.ndarray  # (n_layers + 1,) int64: secondary sinks appearing at each slot (sink levels)
 
     def __post_init__(self):
         n_prompts = self.prompt_first_fraction.shape[0]
@@ -77,6 +87,7 @@ class SinkLevelsResult:
             "prompt_window": (n_prompts, 2),
             "prompt_secondary_count": (n_prompts,),
             "sink_position": (n_sinks,),
+            "sink_kind": (n_sinks,),
             "sink_token": (n_sinks,),
             "sink_onset": (n_sinks,),
             "sink_lifetime": (n_sinks,),
@@ -90,6 +101,9 @@ class SinkLevelsResult:
             if actual != shape:
                 raise ValueError(f"SinkLevelsResult.{field_name} has shape {actual}, expected {shape}")
 
+    def count(self, kind: str) -> int:
+        return int((self.sink_kind == kind).sum())
+
     @property
     def share_with_secondary(self) -> float:
         """Fraction of prompts with at least one secondary sink."""
@@ -100,22 +114,24 @@ RESULT_TYPE = SinkLevelsResult
 
 
 def aggregate(model_name: str, probes: list[SinkProbeResult]) -> SinkLevelsResult:
-    """Collect the secondary sinks of every probe (one probe per prompt, in prompt order)."""
+    """Collect the sink tokens of every probe (one probe per prompt, in prompt order)."""
     if not probes:
         raise ValueError("no probes to aggregate")
     n_layers = probes[0].n_layers
     rows: list[tuple] = []
     for index, probe in enumerate(probes):
-        for pos in probe.secondary_positions():
+        for pos in np.flatnonzero((probe.kinds != KIND_NONE) & (probe.kinds != KIND_FIRST)):
             creator = int(probe.creator_block[pos])
             rows.append(
                 (
                     index, int(pos), str(probe.tokens[pos]), int(probe.onset_slot[pos]), int(probe.lifetimes[pos]),
                     creator, float(probe.mlp_alignment[creator, pos]), float(probe.mlp_norm[creator, pos]),
+                    str(probe.kinds[pos]),
                 )
             )
-    columns = list(zip(*rows, strict=True)) if rows else [()] * 8
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 9
     onset = np.array(columns[3], dtype=np.int64)
+    kinds = np.array(columns[8], dtype=str)
     return SinkLevelsResult(
         model_name=model_name,
         n_layers=n_layers,
@@ -125,11 +141,12 @@ def aggregate(model_name: str, probes: list[SinkProbeResult]) -> SinkLevelsResul
         prompt_secondary_count=np.array([len(p.secondary_positions()) for p in probes], dtype=np.int64),
         sink_prompt=np.array(columns[0], dtype=np.int64),
         sink_position=np.array(columns[1], dtype=np.int64),
+        sink_kind=kinds,
         sink_token=np.array(columns[2], dtype=str),
         sink_onset=onset,
         sink_lifetime=np.array(columns[4], dtype=np.int64),
         sink_creator=np.array(columns[5], dtype=np.int64),
         sink_alignment=np.array(columns[6], dtype=np.float32),
         sink_mlp_norm=np.array(columns[7], dtype=np.float32),
-        onset_counts=np.bincount(onset, minlength=n_layers + 1).astype(np.int64),
+        onset_counts=np.bincount(onset[kinds == KIND_SECONDARY], minlength=n_layers + 1).astype(np.int64),
     )

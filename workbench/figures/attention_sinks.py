@@ -211,11 +211,13 @@ def onset_histogram(levels: SinkLevelsResult) -> go.Figure:
 
 
 def lifetime_scatter(levels: SinkLevelsResult) -> go.Figure:
-    """Each secondary sink: onset slot vs lifetime, coloured by its creating MLP's alignment."""
+    """Each sink token (any kind but the first position): onset slot vs lifetime, coloured by its
+    creating MLP's alignment with the sink direction."""
     hover = [
-        f"prompt {p}, position {pos}: {display_token(t)}<br>creating MLP: block {c}, cos {a:.2f}, ‖write‖ {n:.1f}"
-        for p, pos, t, c, a, n in zip(
-            levels.sink_prompt, levels.sink_position, levels.sink_token, levels.sink_creator,
+        f"prompt {p}, position {pos}: {display_token(t)} ({k})<br>"
+        f"creating MLP: block {c}, cos {a:.2f}, ‖write‖ {n:.1f}"
+        for p, pos, t, k, c, a, n in zip(
+            levels.sink_prompt, levels.sink_position, levels.sink_token, levels.sink_kind, levels.sink_creator,
             levels.sink_alignment, levels.sink_mlp_norm, strict=True,
         )
     ]
@@ -229,7 +231,7 @@ def lifetime_scatter(levels: SinkLevelsResult) -> go.Figure:
     )
     slots = len(levels.onset_counts)
     fig.update_layout(
-        title="Secondary sinks: onset vs lifetime",
+        title="Sink tokens (all kinds): onset vs lifetime",
         xaxis=_int_axis("residual after block (onset)", slot_labels(slots - 1)),
         yaxis={"title": "lifetime (layers)"},
         height=360,
