@@ -230,3 +230,10 @@ class Workbench:
             return neuron_effect.compute(model, encoded.tokens, encoded.ids, request)
 
         return self.cached(neuron_effect, local, request, compute)
+
+    def neurons_of_class(
+        self, model_name: str, request: neurons.NeuronClassRequest, class_name: str,
+        layer: int | None = None, limit: int = 50,
+    ) -> list[tuple[int, int, float]]:
+        """(layer, neuron, cos(in, out)) of the neurons in one class, strongest first."""
+        return neurons.neurons_of_class(self.neuron_classes(model_name, request), class_name, layer, limit)

@@ -231,11 +231,21 @@ def layer_cosines(weights: adapter.MlpWeights) -> LayerCosines:
     if weights.w_gate is None:
         cos_io = row_cosines(weights.w_in, weights.w_out)
         return LayerCosines(cos_io, None, None, None, classify_plain(cos_io))
-    w_in, w_out, flipped = sign_normalise(weights.w_gate, weights.w_in, weights.w_out)
-    cos_io = row_cosines(w_in, w_out)
-    cos_go = row_cosines(weights.w_gate, w_out)
-    cos_gi = row_cosines(weights.w_gate, w_in)
+    # the same numbers as sign_normalise + row_cosines, with each matrix normalised once:
+    # negating w_in and w_out leaves cos(in, out) alone and negates the two gate cosines
+    gate, w_in, w_out = (_unit_rows(w) for w in (weights.w_gate, weights.w_in, weights.w_out))
+    cos_gi = torch.einsum("nd,nd->n", gate, w_in)
+    flipped = cos_gi < 0
+    sign = torch.where(flipped, -1.0, 1.0).to(cos_gi.dtype)
+    cos_io = torch.einsum("nd,nd->n", w_in, w_out)
+    cos_go = torch.einsum("nd,nd->n", gate, w_out) * sign
+    cos_gi = cos_gi * sign
     return LayerCosines(cos_io, cos_go, cos_gi, flipped, classify_gated(cos_io, cos_go, cos_gi))
+
+
+def _unit_rows(w: torch.Tensor) -> torch.Tensor:
+    w = w.double()
+    return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-30)
 
 
 def compute(

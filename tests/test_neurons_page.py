@@ -1,0 +1,63 @@
+"""The neurons page end to end on a tiny Llama (AppTest): classes chart, explorer, contexts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+import ui
+from tests.test_pages import _decode
+from workbench.analyses.neurons import CLASS_NAMES
+from workbench.config import PROJECT_ROOT
+
+
+@pytest.fixture
+def page(tmp_path, monkeypatch, tiny_dirs):
+    monkeypatch.setenv("LAYERLENS_CACHE_DIR", str(tmp_path / "cache"))
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("app_pages/neurons.py").run()
+    at.selectbox(key="model_choice").set_value(ui.OTHER).run()
+    at.text_input(key="model_custom").input(str(tiny_dirs["llama"])).run()
+    yield at
+    st.cache_resource.clear()
+
+
+def test_classes_and_explorer(page):
+    at = page
+    at.button(key="FormSubmitter:neuron_classes_form-Classify all neurons").click().run()
+    assert not at.exception and not at.error
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(specs) == 3
+    bars = specs[0]["data"]
+    assert {b["name"] for b in bars} <= set(CLASS_NAMES)
+    total = sum(_decode(b["y"]) for b in bars)
+    np.testing.assert_allclose(total, 1.0, atol=1e-9)  # stacked shares fill every layer
+    assert len(total) == 3  # the tiny model's three layers
+
+    at.number_input(key="ne_layer").set_value(1)
+    at.number_input(key="ne_neuron").set_value(5)
+    at.number_input(key="ne_factor").set_value(0.0)
+    at.checkbox(key="ne_ctx").check()
+    at.button(key="FormSubmitter:neuron_explorer_form-Explore neuron").click().run()
+    assert not at.exception and not at.error
+    assert "Layer 1, neuron 5" in at.subheader[0].value
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(specs) == 5  # 3 class charts + vocabulary projection + effect
+    effect = specs[-1]["data"]
+    assert effect[0]["name"] == "clean" and len(_decode(effect[0]["y"])) == 5
+    contexts = at.dataframe[-1].value
+    assert len(contexts) == 8 and (np.diff(contexts["activation"].to_numpy()) <= 0).all()
+
+
+def test_bad_neuron_shows_error(page):
+    at = page
+    at.number_input(key="ne_layer").set_value(7)
+    at.button(key="FormSubmitter:neuron_explorer_form-Explore neuron").click().run()
+    assert not at.exception
+    assert "layers 0..2" in at.error[0].value
