@@ -36,3 +36,15 @@ def test_gemma_loads_with_bos_and_matches_its_logits(workbench):
     torch.testing.assert_close(model.decode(trace.resid[-1]), trace.logits, rtol=0, atol=1e-4)
     top = workbench.next_token_distribution("gemma3-270m", FRANCE, k=5)
     assert " Paris" in [token for token, _ in top]
+
+
+def test_gemma_translation_passes_through_english(workbench):
+    """Wendler et al.'s finding on the real Gemma: English peaks in middle layers before French wins."""
+    from workbench.analyses.latent_language import LatentLanguageRequest
+
+    result = workbench.latent_language(
+        "gemma3-270m", LatentLanguageRequest(task="translation", source_lang="de", target_lang="fr", max_prompts=12)
+    )
+    english, french = result.p_pivot.mean(0), result.p_answer.mean(0)
+    assert english.argmax() < french.argmax()
+    assert english.max() > 0.05 and french[-1] > english[-1]

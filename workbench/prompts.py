@@ -77,3 +77,13 @@ def single_token_id(model: LoadedModel, answer: object) -> int:
             "Pick a single-token answer (mind the leading space)."
         )
     return int(ids[0])
+
+
+def continuation_token_id(model: LoadedModel, prefix: str, word: str) -> int | None:
+    """The id of ``word`` when, written right after ``prefix``, it is exactly one new token
+    (and leaves the prefix's tokens unchanged); None otherwise."""
+    base = model.tokenizer(prefix).input_ids
+    ids = model.tokenizer(prefix + word).input_ids
+    if len(ids) != len(base) + 1 or ids[: len(base)] != base:
+        return None
+    return int(ids[-1])

@@ -20,8 +20,11 @@ import numpy as np
 import torch
 
 from workbench import prompts, tracing
-from workbench.analyses import attention_sinks, depth_use, logit_lens, request_digest, request_json, sink_levels
+from workbench import prompt_pairs
+from workbench.analyses import attention_sinks, latent_language, sink_levels
+from workbench.analyses import depth_use, logit_lens, request_digest, request_json
 from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab, neurons
+from workbench.analyses import faithfulness, patching
 from workbench.config import Settings, load_settings
 from workbench.models import catalog, loader
 from workbench.models.catalog import LocalModel
@@ -169,6 +172,23 @@ class Workbench:
 
         return self.cached(sink_levels, local, request, compute)
 
+    def latent_language(
+        self, model_name: str, request: latent_language.LatentLanguageRequest, progress: Progress = _silent
+    ) -> latent_language.LatentLanguageResult:
+        local = self.local_model(model_name, progress)
+
+        def compute() -> latent_language.LatentLanguageResult:
+            model = self.model(model_name, progress)
+            return latent_language.compute(
+                model,
+                request,
+                encode=lambda text: prompts.encode(model, text, self.settings).ids,
+                last_residuals=lambda ids: tracing.residual_stream(model, ids).resid[:, -1],
+                progress=progress,
+            )
+
+        return self.cached(latent_language, local, request, compute)
+
     def next_token_distribution(self, model_name: str, prompt: str, k: int = 5) -> list[tuple[str, float]]:
         """The model's own top-k next tokens for ``prompt`` (a plain forward pass)."""
         model = self.model(model_name)
@@ -237,3 +257,52 @@ class Workbench:
     ) -> list[tuple[int, int, float]]:
         """(layer, neuron, cos(in, out)) of the neurons in one class, strongest first."""
         return neurons.neurons_of_class(self.neuron_classes(model_name, request), class_name, layer, limit)
+
+    # ------------------------------------------------------------------ patching
+
+    def patching(
+        self, model_name: str, request: patching.PatchingRequest, progress: Progress = _silent
+    ) -> patching.PatchingResult:
+        """Activation patching, AtP and RelP on one clean/corrupted pair (Jafari et al. 2025)."""
+        prompts.check_text(request.clean, self.settings)
+        prompts.check_text(request.corrupted, self.settings)
+        local = self.local_model(model_name, progress)
+
+        def compute() -> patching.PatchingResult:
+            model = self.model(model_name, progress)
+            pair = prompt_pairs.PromptPair(request.clean, request.corrupted, request.answer, request.wrong)
+            encoded = prompt_pairs.encode_pair(model, pair, self.settings)
+            return patching.compute(
+                model, encoded.clean_ids, encoded.corrupted_ids, encoded.answer_id, encoded.wrong_id,
+                request, progress,
+            )
+
+        return self.cached(patching, local, request, compute)
+
+    def ioi_pairs(self, model_name: str, n_pairs: int, seed: int = 0) -> list[prompt_pairs.PromptPair]:
+        """IOI clean/corrupted pairs whose names are single tokens for this model."""
+        return prompt_pairs.ioi_pairs(self.model(model_name), n_pairs, seed, self.settings)
+
+    def patching_faithfulness(
+        self, model_name: str, request: faithfulness.FaithfulnessRequest, progress: Progress = _silent
+    ) -> faithfulness.FaithfulnessResult:
+        """AtP and RelP vs activation patching over IOI pairs (each pair cached on its own)."""
+        local = self.local_model(model_name, progress)
+
+        def compute() -> faithfulness.FaithfulnessResult:
+            pairs = self.ioi_pairs(model_name, request.n_pairs, request.seed)
+            results = []
+            for index, pair in enumerate(pairs):
+                def pair_progress(fraction, message, index=index):
+                    overall = None if fraction is None else (index + fraction) / len(pairs)
+                    progress(overall, f"Pair {index + 1} of {len(pairs)}: {message}")
+
+                pair_request = patching.PatchingRequest(
+                    pair.clean, pair.corrupted, pair.answer, pair.wrong, ln_rule=request.ln_rule,
+                    identity_rule=request.identity_rule, half_rule=request.half_rule, ah_rule=request.ah_rule,
+                    heads=request.heads,
+                )
+                results.append(self.patching(model_name, pair_request, pair_progress))
+            return faithfulness.compute(local.name, results, request)
+
+        return self.cached(faithfulness, local, request, compute)

@@ -1,0 +1,190 @@
+"""Latent language: does the model route through English on the way to another language?
+
+Wendler, Veselovsky, Monea & West (2024), "Do Llamas Work in English? On the Latent
+Language of Multilingual Transformers"; Zhong et al. (2024), "Beyond English-Centric
+LLMs: What Language Do Multilingual Language Models Think in?".
+
+Prompts with a single-token answer in a target language (translation from a source
+language, repetition, cloze), built from ``workbench/data/latent_language.json``. Per
+layer, the logit-lens probability at the last position of the answer token in the
+target language and of the same word in a pivot language (English by default). A word
+is used only when, written after the opening quote, both forms are exactly one token
+each and differ; the rest are listed as skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workbench.errors import BadRequest
+
+NAME = "latent_language"
+VERSION = 1
+TASKS = ("translation", "repetition", "cloze")
+DATA_PATH = Path(__file__).resolve().parent.parent / "data" / "latent_language.json"
+ANSWER_LABEL = {"en": "Answer", "fr": "Réponse", "de": "Antwort", "es": "Respuesta", "it": "Risposta"}
+
+
+@cache
+def dataset() -> dict:
+    return json.loads(DATA_PATH.read_text(encoding="utf-8"))
+
+
+def languages() -> dict[str, str]:
+    return dict(dataset()["languages"])
+
+
+@dataclass(frozen=True)
+class LatentLanguageRequest:
+    task: str = "translation"
+    target_lang: str = "fr"  # the language of the expected answer
+    source_lang: str = "de"  # translation only: the language of the given word
+    pivot_lang: str = "en"  # the hypothesised latent language
+    max_prompts: int = 40
+
+    def __post_init__(self):
+        langs = languages()
+        if self.task not in TASKS:
+            raise BadRequest(f"Unknown task '{self.task}'; choose one of {', '.join(TASKS)}.")
+        for role in ("target_lang", "source_lang", "pivot_lang"):
+            if getattr(self, role) not in langs:
+                raise BadRequest(f"{role} must be one of {', '.join(langs)}, not '{getattr(self, role)}'.")
+        if self.target_lang == self.pivot_lang:
+            raise BadRequest("The target and pivot languages must differ.")
+        if self.task == "translation" and self.source_lang == self.target_lang:
+            raise BadRequest("Translation needs a source language different from the target language.")
+        if self.task == "cloze" and self.target_lang not in dataset()["cloze"]:
+            raise BadRequest(f"Cloze sentences exist for {', '.join(dataset()['cloze'])} only.")
+        if not 1 <= self.max_prompts <= 200:
+            raise BadRequest("max_prompts must be between 1 and 200.")
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    text: str  # ends with an opening quote: the next token is the answer
+    answer: str  # the word in the target language
+    pivot: str  # the same word in the pivot language
+
+
+def build_prompts(request: LatentLanguageRequest) -> list[PromptSpec]:
+    """Few-shot prompts for every word of the task (before the single-token filter)."""
+    data, names = dataset(), languages()
+    tgt, src, piv = request.target_lang, request.source_lang, request.pivot_lang
+    if request.task == "cloze":
+        shots = "\n".join(f'{s} {ANSWER_LABEL[tgt]}: "{w}"' for s, w in data["cloze_demonstrations"][tgt])
+        by_en = {w["en"]: w for w in data["words"]}
+        return [
+            PromptSpec(f'{shots}\n{sentence} {ANSWER_LABEL[tgt]}: "', by_en[en][tgt], by_en[en][piv])
+            for en, sentence in data["cloze"][tgt].items()
+        ]
+    given = src if request.task == "translation" else tgt
+    line = lambda w: f'{names[given]}: "{w[given]}" - {names[tgt]}: "'  # noqa: E731
+    shots = "\n".join(f'{line(w)}{w[tgt]}"' for w in data["demonstrations"])
+    return [PromptSpec(f"{shots}\n{line(w)}", w[tgt], w[piv]) for w in data["words"]]
+
+
+@dataclass(frozen=True, eq=False)
+class LatentLanguageResult:
+    model_name: str
+    task: str
+    target_lang: str
+    source_lang: str
+    pivot_lang: str
+    layer_labels: np.ndarray  # (layer,) str
+    prompts: np.ndarray  # (prompt,) str
+    answers: np.ndarray  # (prompt,) str: target-language words
+    pivots: np.ndarray  # (prompt,) str: pivot-language words
+    p_answer: np.ndarray  # (prompt, layer) float32: lens probability of the answer token
+    p_pivot: np.ndarray  # (prompt, layer) float32: lens probability of the pivot token
+    final_correct: np.ndarray  # (prompt,) bool: the model's own top-1 is the answer
+    skipped: np.ndarray  # (skipped,) str: words dropped by the single-token filter
+
+    def __post_init__(self):
+        n, n_layers = len(self.prompts), len(self.layer_labels)
+        for name, shape in {"answers": (n,), "pivots": (n,), "p_answer": (n, n_layers),
+                            "p_pivot": (n, n_layers), "final_correct": (n,)}.items():
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"LatentLanguageResult.{name} has shape {getattr(self, name).shape}, expected {shape}")
+
+
+RESULT_TYPE = LatentLanguageResult
+
+
+@dataclass(frozen=True)
+class UsablePrompt:
+    spec: PromptSpec
+    answer_id: int
+    pivot_id: int
+
+
+def usable_prompts(
+    request: LatentLanguageRequest, token_id: Callable[[str, str], int | None]
+) -> tuple[list[UsablePrompt], list[str]]:
+    """Split the task's prompts into usable ones (both words single, distinct tokens) and skipped words."""
+    usable, skipped = [], []
+    for spec in build_prompts(request):
+        answer_id, pivot_id = token_id(spec.text, spec.answer), token_id(spec.text, spec.pivot)
+        if answer_id is None or pivot_id is None or answer_id == pivot_id:
+            skipped.append(spec.answer)
+        elif len(usable) < request.max_prompts:
+            usable.append(UsablePrompt(spec, answer_id, pivot_id))
+    return usable, skipped
+
+
+def last_position_probs(decoded_last: torch.Tensor, answer_id: int, pivot_id: int) -> tuple[np.ndarray, ...]:
+    """From logits (layer, vocab) at the last position: p(answer), p(pivot) per layer, final top-1 correct."""
+    probs = torch.softmax(decoded_last.double(), dim=-1)
+    final_correct = bool(probs[-1].argmax() == answer_id)
+    return probs[:, answer_id].float().numpy(), probs[:, pivot_id].float().numpy(), final_correct
+
+
+def compute(
+    model,
+    request: LatentLanguageRequest,
+    encode: Callable[[str], torch.Tensor],
+    last_residuals: Callable[[torch.Tensor], torch.Tensor],
+    progress: Callable[[float | None, str], None] = lambda f, m: None,
+) -> LatentLanguageResult:
+    """``encode(text) -> ids``; ``last_residuals(ids) -> (layer, d_model)`` residual states at the
+    last position (block-0 input, then every block output); decoded with ``model.decode``."""
+    from workbench import prompts as prompt_tools
+
+    usable, skipped = usable_prompts(
+        request, lambda prefix, word: prompt_tools.continuation_token_id(model, prefix, word)
+    )
+    if not usable:
+        raise BadRequest(
+            f"No word of this task is a single token in both {request.target_lang} and "
+            f"{request.pivot_lang} for {model.name}; try another language pair."
+        )
+    p_answer, p_pivot, correct = [], [], []
+    for i, item in enumerate(usable):
+        decoded = model.decode(last_residuals(encode(item.spec.text)))  # (layer, vocab)
+        answer, pivot, ok = last_position_probs(decoded, item.answer_id, item.pivot_id)
+        p_answer.append(answer)
+        p_pivot.append(pivot)
+        correct.append(ok)
+        progress((i + 1) / len(usable), f"Prompt {i + 1} of {len(usable)}")
+    n_layers = len(p_answer[0])
+    return LatentLanguageResult(
+        model_name=model.name,
+        task=request.task,
+        target_lang=request.target_lang,
+        source_lang=request.source_lang if request.task == "translation" else request.target_lang,
+        pivot_lang=request.pivot_lang,
+        layer_labels=np.array(["embed"] + [str(i) for i in range(n_layers - 1)]),
+        prompts=np.array([u.spec.text for u in usable]),
+        answers=np.array([u.spec.answer for u in usable]),
+        pivots=np.array([u.spec.pivot for u in usable]),
+        p_answer=np.stack(p_answer),
+        p_pivot=np.stack(p_pivot),
+        final_correct=np.array(correct, dtype=bool),
+        skipped=np.array(skipped, dtype=str),
+    )
