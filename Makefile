@@ -32,6 +32,8 @@ test: install chromium
 
 bench: install
 	$(PY) -m bench.bench_logit_lens
+	$(PY) -m bench.bench_attention_sinks
+	$(PY) -m bench.bench_attention_sinks --model gemma3-270m
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -285,3 +285,10 @@ def test_peer_cosine_baseline():
     peer = sinks.peer_cosine(resid)
     assert peer[0] == 0.0 and peer[1] == pytest.approx(2**-0.5)
     assert torch.isnan(sinks.peer_cosine(resid[:, :2])).all()
+
+
+def test_one_token_prompt(workbench, tiny_dirs):
+    result = workbench.attention_sinks(str(tiny_dirs["llama"]), SinkProbeRequest(prompt="The"))
+    assert len(result.tokens) == 1 and result.kinds.tolist() == ["first"]
+    assert np.isnan(result.sink_scores).all() and result.first_head_fraction == 0.0
+    assert np.isnan(result.peer_cos).all()
