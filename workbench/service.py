@@ -19,13 +19,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from workbench import prompts, tracing
+from workbench import corpus, prompts, tracing
 from workbench import prompt_pairs
 from workbench.analyses import attention_sinks, latent_language, sink_levels
-from workbench.analyses import depth_use, logit_lens, request_digest, request_json
+from workbench.analyses import depth_use, logit_lens, tuned_lens, request_digest, request_json
 from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab, neurons
 from workbench.analyses import faithfulness, patching
 from workbench.config import Settings, load_settings
+from workbench.errors import BadRequest
+from workbench.lens_training import LensTrainer, TrainingStatus, checkpoint_path
 from workbench.models import catalog, loader
 from workbench.models.catalog import LocalModel
 from workbench.models.loader import LoadedModel
@@ -50,6 +52,7 @@ class Workbench:
         self._loaded: dict[str, LoadedModel] = {}
         self._registry_lock = threading.Lock()
         self._name_locks: dict[str, threading.Lock] = {}
+        self._trainers: dict[tuple[str, str], LensTrainer] = {}
 
     def close(self) -> None:
         self.store.close()
@@ -188,6 +191,68 @@ class Workbench:
             )
 
         return self.cached(latent_language, local, request, compute)
+
+    # ------------------------------------------------------------------ tuned lens
+
+    def tuned_lens_trainer(self, model_name: str, config: tuned_lens.TunedLensConfig,
+                           progress: Progress = _silent) -> LensTrainer:
+        """The (one per process) trainer of ``config``'s lens for this model, resumed from its checkpoint."""
+        model = self.model(model_name, progress)
+        key = (model.digest, request_digest(config))
+        with self._registry_lock:
+            if key not in self._trainers:
+                bos = model.tokenizer("").input_ids  # [<bos>] where the tokenizer adds one, else []
+                chunks = [bos + c for c in corpus.chunks(model.tokenizer, config.corpus, "train", config.chunk_tokens)]
+                self._trainers[key] = LensTrainer(
+                    model, config, checkpoint_path(self.settings.cache_dir, model.digest, config), chunks,
+                    residuals=lambda ids: tracing.residual_stream(model, ids).resid,
+                )
+            return self._trainers[key]
+
+    def start_tuned_lens_training(self, model_name: str, config: tuned_lens.TunedLensConfig,
+                                  steps: int, progress: Progress = _silent) -> TrainingStatus:
+        """Train in the background up to ``steps`` steps in total (resuming where it stopped)."""
+        if not 1 <= steps <= 100_000:
+            raise BadRequest("steps must be between 1 and 100000.")
+        trainer = self.tuned_lens_trainer(model_name, config, progress)
+        trainer.start(steps)
+        return trainer.status()
+
+    def stop_tuned_lens_training(self, model_name: str, config: tuned_lens.TunedLensConfig) -> TrainingStatus:
+        trainer = self.tuned_lens_trainer(model_name, config)
+        trainer.stop(wait=True)
+        return trainer.status()
+
+    def tuned_lens_status(self, model_name: str, config: tuned_lens.TunedLensConfig) -> TrainingStatus:
+        return self.tuned_lens_trainer(model_name, config).status()
+
+    def compare_lenses(
+        self, model_name: str, prompt: str, target: str = "", config: tuned_lens.TunedLensConfig | None = None,
+        eval_chunks: int = 4, progress: Progress = _silent,
+    ) -> tuned_lens.LensComparisonResult:
+        """Logit vs tuned lens on held-out text and on ``prompt``, with the lens as trained so far."""
+        config = config or tuned_lens.TunedLensConfig()
+        prompts.check_text(prompt, self.settings)
+        local = self.local_model(model_name, progress)
+        translators, step = self.tuned_lens_trainer(model_name, config, progress).snapshot()
+        if step == 0:
+            raise BadRequest("This tuned lens has not been trained yet: start training first.")
+        request = tuned_lens.LensComparisonRequest(prompt, target, config, step, eval_chunks)
+
+        def compute() -> tuned_lens.LensComparisonResult:
+            model = self.model(model_name, progress)
+            encoded = prompts.encode(model, prompt, self.settings)
+            target_id = prompts.single_token_id(model, target) if target else None
+            bos = model.tokenizer("").input_ids
+            held_out = [torch.tensor(bos + c) for c in
+                        corpus.chunks(model.tokenizer, config.corpus, "heldout", config.chunk_tokens, eval_chunks)]
+            return tuned_lens.compare(
+                model, translators, request, held_out,
+                residuals=lambda ids: tracing.residual_stream(model, ids).resid,
+                prompt_ids=encoded.ids, tokens=encoded.tokens, target_id=target_id, progress=progress,
+            )
+
+        return self.cached(tuned_lens, local, request, compute)
 
     def next_token_distribution(self, model_name: str, prompt: str, k: int = 5) -> list[tuple[str, float]]:
         """The model's own top-k next tokens for ``prompt`` (a plain forward pass)."""

@@ -50,7 +50,9 @@ class LoadedModel:
     tokenizer: object
     spec: adapter.ArchitectureSpec
     info: ModelInfo
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Re-entrant: held by every trace and every decode (a plain module call while another thread
+    # traces the same model could be caught by that trace), and a training step holds it across both.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def hf_model(self) -> torch.nn.Module:
@@ -64,12 +66,24 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 
-    @torch.no_grad()
-    def decode(self, resid: torch.Tensor) -> torch.Tensor:
-        """Residual-stream vectors -> logits (on the CPU) through the model's final norm and unembedding."""
-        normed = self.module(self.spec.final_norm)(resid.to(self.device))
-        logits = self.module(self.spec.unembed)(normed)
-        return adapter.final_logits(self.spec, self.hf_model.config, logits).float().cpu()
+    def decode(self, resid: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+        """Residual-stream vectors -> logits (on the CPU) through the model's final norm and unembedding.
+
+        ``grad=True`` keeps the autograd graph w.r.t. ``resid`` (for training lenses); the model's
+        weights enter as detached constants, so they never accumulate gradients.
+        """
+        with self.lock, torch.set_grad_enabled(grad):
+            normed = _call_frozen(self.module(self.spec.final_norm), resid.to(self.device))
+            logits = _call_frozen(self.module(self.spec.unembed), normed)
+            return adapter.final_logits(self.spec, self.hf_model.config, logits).float().cpu()
+
+
+def _call_frozen(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` with its parameters detached (no weight gradients, no global flags flipped)."""
+    if not torch.is_grad_enabled():
+        return module(x)
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return torch.func.functional_call(module, params, (x,))
 
 
 def _model_info(config, spec: adapter.ArchitectureSpec, n_layers: int) -> ModelInfo:

@@ -1,0 +1,107 @@
+"""Tuned lens: zero translators are the logit lens, training lowers held-out KL, stop/resume is exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workbench import corpus, prompts, tracing
+from workbench.analyses import tuned_lens
+from workbench.analyses.logit_lens import LogitLensRequest
+from workbench.analyses.tuned_lens import Translators, TunedLensConfig
+from workbench.errors import BadRequest
+from workbench.lens_training import LensTrainer
+
+CONFIG = TunedLensConfig(chunk_tokens=32, lr=3e-3)
+
+
+def _trainer(model, path, config=CONFIG, chunks=None):
+    chunks = chunks or corpus.chunks(model.tokenizer, config.corpus, "train", config.chunk_tokens, limit=40)
+    return LensTrainer(model, config, path, chunks, lambda ids: tracing.residual_stream(model, ids).resid,
+                       checkpoint_every=3)
+
+
+def test_zero_translators_equal_the_logit_lens(workbench, tiny_dir):
+    model = workbench.model(str(tiny_dir))
+    ids = prompts.encode(model, "The capital of France is", workbench.settings).ids
+    resid = tracing.residual_stream(model, ids).resid
+    zero = Translators(model.info.n_layers, model.info.d_model)
+    torch.testing.assert_close(tuned_lens.tuned_logits(model, zero, resid), model.decode(resid), rtol=0, atol=0)
+
+
+def test_translator_is_affine_per_layer():
+    translators = Translators(2, 3)
+    with torch.no_grad():
+        translators.weight[1] = torch.eye(3) * 2
+        translators.bias[1] = torch.tensor([1.0, 0.0, -1.0])
+    h = torch.arange(12.0).view(2, 2, 3)
+    out = translators(h)
+    torch.testing.assert_close(out[0], h[0])
+    torch.testing.assert_close(out[1], 3 * h[1] + torch.tensor([1.0, 0.0, -1.0]))
+
+
+def test_training_lowers_held_out_kl(workbench, tiny_dirs, tmp_path):
+    name = str(tiny_dirs["llama"])
+    model = workbench.model(name)
+    trainer = _trainer(model, tmp_path / "lens.pt")
+    status = trainer.train(40)
+    assert status.state == "done" and status.step == 40
+    held_out = [torch.tensor(c) for c in corpus.chunks(model.tokenizer, CONFIG.corpus, "heldout", 32, limit=4)]
+    translators, step = trainer.snapshot()
+    request = tuned_lens.LensComparisonRequest("The capital of France is", " Paris", CONFIG, step, 4)
+    result = tuned_lens.compare(model, translators, request, held_out,
+                                lambda ids: tracing.residual_stream(model, ids).resid,
+                                prompts.encode(model, request.prompt, workbench.settings).ids,
+                                ("The", " capital", " of", " France", " is"),
+                                prompts.single_token_id(model, " Paris"))
+    assert (result.kl_tuned[:-1] < result.kl_logit[:-1]).all()  # every translated layer improves on held-out
+    assert result.kl_tuned[-1] == pytest.approx(0.0, abs=1e-9) and result.kl_logit[-1] == pytest.approx(0.0, abs=1e-9)
+    assert result.top1_logit[-1] == 1.0 and result.top1_tuned[-1] == 1.0
+    assert result.ppl_logit[-1] == pytest.approx(result.ppl_tuned[-1])
+    lens = workbench.logit_lens(name, LogitLensRequest(request.prompt, target=" Paris"))
+    np.testing.assert_allclose(result.prob_logit, lens.target_prob, rtol=1e-4, atol=1e-7)
+
+
+def test_stop_and_resume_equals_uninterrupted(workbench, tiny_dirs, tmp_path):
+    model = workbench.model(str(tiny_dirs["gpt2"]))
+    straight = _trainer(model, tmp_path / "straight.pt")
+    straight.train(6)
+    first = _trainer(model, tmp_path / "resumed.pt")
+    first.train(4)  # the checkpoint is written when training stops
+    resumed = _trainer(model, tmp_path / "resumed.pt")  # a new process would do exactly this
+    assert resumed.status().step == 4 and resumed.status().state == "stopped"
+    resumed.train(6)
+    for a, b in zip(straight.translators.parameters(), resumed.translators.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    assert resumed.status().losses == pytest.approx(straight.status().losses, rel=1e-6)
+
+
+def test_background_training_can_be_stopped(workbench, tiny_dirs, tmp_path):
+    model = workbench.model(str(tiny_dirs["llama"]))
+    trainer = _trainer(model, tmp_path / "bg.pt")
+    trainer.start(10_000)
+    while trainer.status().step < 2:
+        pass
+    trainer.stop()
+    status = trainer.status()
+    assert status.state == "stopped" and 2 <= status.step < 10_000
+    assert _trainer(model, tmp_path / "bg.pt").status().step == status.step  # checkpointed on stop
+
+
+def test_service_flow_and_errors(workbench, tiny_dirs):
+    name = str(tiny_dirs["llama"])
+    config = TunedLensConfig(chunk_tokens=32)
+    with pytest.raises(BadRequest, match="not been trained"):
+        workbench.compare_lenses(name, "The capital of France is", config=config)
+    trainer = workbench.tuned_lens_trainer(name, config)
+    assert workbench.tuned_lens_trainer(name, config) is trainer  # one job per model and config
+    trainer.train(3)
+    result = workbench.compare_lenses(name, "The capital of France is", " Paris", config=config, eval_chunks=2)
+    assert result.lens_step == 3 and result.eval_tokens > 0
+    again = workbench.compare_lenses(name, "The capital of France is", " Paris", config=config, eval_chunks=2)
+    assert again.kl_tuned.tobytes() == result.kl_tuned.tobytes()  # from the store
+    with pytest.raises(BadRequest):
+        TunedLensConfig(chunk_tokens=2)
+    with pytest.raises(BadRequest):
+        workbench.start_tuned_lens_training(name, config, steps=0)

@@ -1,0 +1,68 @@
+"""Figures for the tuned lens: training loss, logit vs tuned lens on held-out text, token trajectory."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.analyses.tuned_lens import LensComparisonResult
+from workbench.figures import LINE_COLORS, display_token
+from workbench.lens_training import TrainingStatus
+
+LOGIT, TUNED = LINE_COLORS[0], LINE_COLORS[1]
+
+
+def loss_curve(status: TrainingStatus) -> go.Figure:
+    steps = np.arange(1, len(status.losses) + 1)
+    fig = go.Figure(go.Scatter(x=steps, y=status.losses, mode="lines", line={"color": TUNED}, name="loss"))
+    fig.update_layout(title="Training loss: Σ over layers of KL(final ‖ tuned), nats", height=280,
+                      xaxis_title="step", yaxis={"title": "nats", "type": "log"},
+                      margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def held_out(result: LensComparisonResult) -> go.Figure:
+    """Per layer on held-out text: KL to the final distribution, top-1 agreement, perplexity."""
+    x = np.arange(len(result.layer_labels))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=(
+        "KL(final ‖ lens), nats", "top-1 agreement with final", "perplexity of the next token"))
+    panels = [(result.kl_logit, result.kl_tuned), (result.top1_logit, result.top1_tuned),
+              (result.ppl_logit, result.ppl_tuned)]
+    for col, pair in enumerate(panels, start=1):
+        for name, y, color in zip(("logit lens", "tuned lens"), pair, (LOGIT, TUNED), strict=True):
+            fig.add_trace(go.Scatter(
+                x=x, y=y, name=name, mode="lines+markers", line={"color": color}, showlegend=col == 1,
+                customdata=result.layer_labels, hovertemplate="layer %{customdata}: %{y:.3f}<extra>" + name + "</extra>",
+            ), row=1, col=col)
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    fig.update_yaxes(type="log", row=1, col=3)
+    fig.update_xaxes(title_text="layer (0 = embeddings)")
+    fig.update_layout(
+        title=f"Logit vs tuned lens: {result.model_name}, {result.eval_tokens} held-out tokens, "
+              f"lens trained {result.lens_step} steps",
+        height=380, legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
+        margin={"l": 60, "r": 20, "t": 90, "b": 50})
+    return fig
+
+
+def trajectory(result: LensComparisonResult) -> go.Figure:
+    """The target token's probability at the prompt's last position, layer by layer, under both lenses;
+    hover shows each lens's top-1 token."""
+    x = np.arange(len(result.layer_labels))
+    fig = go.Figure()
+    tops = {"logit lens": result.top_logit, "tuned lens": result.top_tuned}
+    probs = {"logit lens": result.prob_logit, "tuned lens": result.prob_tuned}
+    for name, color in (("logit lens", LOGIT), ("tuned lens", TUNED)):
+        y = probs[name] if result.target_token else np.zeros(len(x))
+        fig.add_trace(go.Scatter(
+            x=x, y=y, name=name, mode="lines+markers", line={"color": color},
+            customdata=np.stack([result.layer_labels, [display_token(t) for t in tops[name]]], axis=-1),
+            hovertemplate="layer %{customdata[0]}: p=%{y:.3f}, top-1 %{customdata[1]}<extra>" + name + "</extra>",
+        ))
+    target = display_token(result.target_token) if result.target_token else "(no target: top-1 in hover)"
+    fig.update_layout(title=f"Trajectory of {target} at the last position", height=340,
+                      xaxis_title="layer (0 = embeddings)", yaxis={"title": "probability", "range": [0, 1.02]},
+                      margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    return fig
