@@ -33,7 +33,8 @@ def held_out(result: LensComparisonResult) -> go.Figure:
         for name, y, color in zip(("logit lens", "tuned lens"), pair, (LOGIT, TUNED), strict=True):
             fig.add_trace(go.Scatter(
                 x=x, y=y, name=name, mode="lines+markers", line={"color": color}, showlegend=col == 1,
-                customdata=result.layer_labels, hovertemplate="layer %{customdata}: %{y:.3f}<extra>" + name + "</extra>",
+                customdata=result.layer_labels,
+                hovertemplate="layer %{customdata}: %{y:.3f}<extra>" + name + "</extra>",
             ), row=1, col=col)
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
