@@ -34,6 +34,8 @@ bench: install
 	$(PY) -m bench.bench_logit_lens
 	$(PY) -m bench.bench_attention_sinks
 	$(PY) -m bench.bench_attention_sinks --model gemma3-270m
+	$(PY) -m bench.bench_neurons
+	$(PY) -m bench.bench_neurons --model gemma3-270m
 
 lint: install
 	$(VENV)/bin/ruff check .
