@@ -329,3 +329,15 @@ def test_real_model_classes(workbench, name):
     np.testing.assert_allclose(result.fractions.sum(axis=1), 1.0, atol=1e-12)
     # trained weights are far from random: many more neurons outside the 99% null band than 1%
     assert result.outside_null.mean() > 0.05
+
+
+def test_layer_cosines_equal_the_explicit_normalisation():
+    """The fast path (unit rows, sign applied to the cosines) equals flipping the weights first."""
+    gen = torch.Generator().manual_seed(4)
+    gate, w_in, w_out = (torch.randn(300, 40, generator=gen) for _ in range(3))
+    fast = neurons.layer_cosines(adapter.MlpWeights(gate, w_in, w_out))
+    flipped_in, flipped_out, flipped = neurons.sign_normalise(gate, w_in, w_out)
+    assert torch.equal(fast.flipped, flipped)
+    for got, a, b in [(fast.cos_in_out, flipped_in, flipped_out), (fast.cos_gate_out, gate, flipped_out),
+                      (fast.cos_gate_in, gate, flipped_in)]:
+        torch.testing.assert_close(got.double(), neurons.row_cosines(a, b), atol=1e-6, rtol=0)
