@@ -21,6 +21,7 @@ page = st.navigation(
         st.Page("app_pages/latent_language.py", title="Latent language", url_path="latent_language"),
         st.Page("app_pages/depth_use.py", title="Depth use", url_path="depth_use"),
         st.Page("app_pages/neurons.py", title="Neurons", url_path="neurons"),
+        st.Page("app_pages/patching.py", title="Patching", url_path="patching"),
     ]
 )
 ui.model_picker()

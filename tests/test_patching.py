@@ -216,3 +216,16 @@ def test_faithfulness_scoreboard(workbench, tiny_dirs):
     model = workbench.model(name)
     n_points = 2 * model.info.n_layers * model.info.n_heads  # the heads component of two pairs
     assert result.points("atp", "heads")[0].shape == (n_points,)
+
+
+def test_scoreboard_figures(workbench, tiny_dirs):
+    from workbench.figures import patching as figures
+
+    result = workbench.patching_faithfulness(str(tiny_dirs["qwen2"]), FaithfulnessRequest(n_pairs=2, heads=False))
+    table = figures.correlation_table(result, "pearson")
+    np.testing.assert_array_equal(np.asarray(table.data[0].z), result.pearson)
+    grid = figures.scatter_grid(result)
+    assert len(grid.data) == 2 * 3 * 2  # (points + y = x line) per estimator per component
+    act, atp = result.points("atp", "mlp")
+    np.testing.assert_array_equal(grid.data[4].x, act)
+    np.testing.assert_array_equal(grid.data[4].y, atp)
