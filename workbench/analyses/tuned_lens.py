@@ -88,7 +88,7 @@ def training_step(model, translators: Translators, optimizer: torch.optim.Optimi
         logq = torch.log_softmax(model.decode(translated, grad=True), dim=-1)  # (group, seq, vocab)
         loss = (target_probs * (target - logq)).sum(-1).mean(-1).sum()  # sum over layers of mean KL
         loss.backward()
-        total += float(loss)
+        total += loss.detach().item()
     torch.nn.utils.clip_grad_norm_(translators.parameters(), grad_clip)
     optimizer.step()
     return total
