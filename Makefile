@@ -32,6 +32,7 @@ test: install chromium
 
 bench: install
 	$(PY) -m bench.bench_logit_lens
+	$(PY) -m bench.bench_lenses
 	$(PY) -m bench.bench_attention_sinks
 	$(PY) -m bench.bench_attention_sinks --model gemma3-270m
 	$(PY) -m bench.bench_neurons
