@@ -1,7 +1,8 @@
 """Benchmark: one attention-sink probe vs one plain forward pass, on a bundled model.
 
 Run with ``.venv/bin/python -m bench.bench_attention_sinks`` (``--model gemma3-270m`` for
-Gemma). Prints median wall times and their ratios, all measured in this one run:
+Gemma). Prints median wall times and their ratios, all measured in this one run, the steps
+interleaved (forward, trace, probe, forward, ...) so that load from other processes hits them alike:
 
 * forward       plain HF forward pass (no nnsight)
 * trace         nnsight trace recording every head's attention, the residual stream and MLP writes
@@ -12,7 +13,9 @@ Gemma). Prints median wall times and their ratios, all measured in this one run:
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +25,17 @@ from workbench.analyses import attention_sinks
 from workbench.analyses.attention_sinks import SinkProbeRequest
 from workbench.config import load_settings
 from workbench.service import Workbench
+
+
+def interleaved_medians(actions, repeats: int) -> list[float]:
+    """Median seconds of each action, running them in turn ``repeats`` times."""
+    times = [[] for _ in actions]
+    for _ in range(repeats):
+        for action, bucket in zip(actions, times, strict=True):
+            start = time.perf_counter()
+            action()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(bucket) for bucket in times]
 
 
 def main() -> None:
@@ -45,9 +59,10 @@ def main() -> None:
 
         tracing.forward_logits(model, ids)  # warm-up
         probe()
-        forward = median_seconds(lambda: tracing.forward_logits(model, ids), args.repeats)
-        trace = median_seconds(lambda: tracing.attention_and_states(model, ids), args.repeats)
-        full = median_seconds(probe, args.repeats)
+        forward, trace, full = interleaved_medians(
+            [lambda: tracing.forward_logits(model, ids), lambda: tracing.attention_and_states(model, ids), probe],
+            args.repeats,
+        )
         wb.attention_sinks(args.model, request)  # fill the store
         cached = median_seconds(lambda: wb.attention_sinks(args.model, request), args.repeats)
         wb.close()
