@@ -226,6 +226,6 @@ def test_scoreboard_figures(workbench, tiny_dirs):
     np.testing.assert_array_equal(np.asarray(table.data[0].z), result.pearson)
     grid = figures.scatter_grid(result)
     assert len(grid.data) == 2 * 3 * 2  # (points + y = x line) per estimator per component
-    act, atp = result.points("atp", "mlp")
+    act, atp = result.points("atp", "attn")  # traces: resid (atp, line, relp, line), then attn
     np.testing.assert_array_equal(grid.data[4].x, act)
     np.testing.assert_array_equal(grid.data[4].y, atp)
