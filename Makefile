@@ -37,6 +37,7 @@ bench: install
 	$(PY) -m bench.bench_attention_sinks --model gemma3-270m
 	$(PY) -m bench.bench_neurons
 	$(PY) -m bench.bench_neurons --model gemma3-270m
+	$(PY) -m bench.bench_patching
 
 lint: install
 	$(VENV)/bin/ruff check .
