@@ -227,3 +227,17 @@ def test_scoreboard_figures(workbench, tiny_dirs):
     act, atp = result.points("atp", "attn")  # traces: resid (atp, line, relp, line), then attn
     np.testing.assert_array_equal(grid.data[4].x, act)
     np.testing.assert_array_equal(grid.data[4].y, atp)
+
+
+def test_gradient_pass_works_on_frozen_weights(workbench, tiny_dirs):
+    """Other analyses may freeze the shared model's weights; AtP/RelP must still get gradients."""
+    model, pair = _encoded(workbench, tiny_dirs["gpt2"])
+    metric = patching.metric_fn(pair.answer_id, pair.wrong_id, ld_corrupted=0.0, ld_clean=1.0)
+    live = interventions.gradient_pass(model, pair.corrupted_ids, metric, SITES, ALL_RULES)
+    for param in model.hf_model.parameters():
+        param.requires_grad_(False)
+    frozen = interventions.gradient_pass(model, pair.corrupted_ids, metric, SITES, ALL_RULES)
+    assert not any(p.requires_grad for p in model.hf_model.parameters())  # flags restored
+    for key, grad in live.grads.items():
+        torch.testing.assert_close(frozen.grads[key], grad, rtol=0, atol=1e-6)
+    torch.testing.assert_close(frozen.bias_relevance, live.bias_relevance, rtol=1e-6, atol=1e-9)

@@ -330,6 +330,7 @@ def gradient_pass(
     unembed = model.module(model.spec.unembed)
     biases = _bias_parameters(model)
     with model.lock, torch.enable_grad(), contextlib.ExitStack() as stack:
+        stack.enter_context(_gradients_flow(model, [b for group in biases for b in group]))
         stack.enter_context(lrp_rules(model, rules))
         for site in sites:
             for layer in range(model.info.n_layers):
@@ -361,6 +362,26 @@ def gradient_pass(
         output_relevance=float((logits.detach().double() * logit_grad.double()).sum()),
         bias_relevance=bias_relevance,
     )
+
+
+@contextlib.contextmanager
+def _gradients_flow(model: LoadedModel, biases: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Make the embedding output and the biases differentiable for one pass, even if the
+    model's parameters were frozen elsewhere; every flag is restored afterwards."""
+    frozen = [b for b in biases if not b.requires_grad]
+    for bias in frozen:
+        bias.requires_grad_(True)
+
+    def differentiable(_module, _args, output):
+        return output if output.requires_grad else output.detach().requires_grad_(True)
+
+    handle = model.module(model.spec.embed).register_forward_hook(differentiable)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for bias in frozen:
+            bias.requires_grad_(False)
 
 
 def _zeros_if_none(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
