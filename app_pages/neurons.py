@@ -123,6 +123,8 @@ if "ne_request" in st.session_state:
 
             contexts = ui.guarded(run_contexts)
             if contexts is not None:
+                st.caption("Strongest activations (either sign) of this neuron over the bundled corpus, "
+                           f"{contexts.chunk_tokens.shape[0]} chunks of {contexts.chunk_tokens.shape[1]} tokens.")
                 st.dataframe(
                     [{"activation": round(v, 4), "before": display_token(b) if b else "", "token": display_token(t),
                       "after": a} for v, b, t, a in contexts_of(contexts, req_layer, req_neuron)],

@@ -299,8 +299,10 @@ def test_top_contexts_are_the_true_maxima(workbench, tiny_dirs):
     assert chunks[:, len(prefix):].flatten().tolist() == stream[: chunks.shape[0] * (16 - len(prefix))]
     acts = tracing.mlp_activations(model, chunks)  # (layer, chunks, seq, neurons), all at once
     flat = acts.reshape(acts.shape[0], -1, acts.shape[-1])
-    top = flat.topk(4, dim=1)
-    np.testing.assert_allclose(result.top_values, top.values.transpose(1, 2).numpy(), atol=1e-6)
+    top = flat.abs().topk(4, dim=1)  # strongest contexts of either sign, signed values kept
+    expected = flat.gather(1, top.indices)
+    np.testing.assert_allclose(result.top_values, expected.transpose(1, 2).numpy(), atol=1e-6)
+    assert (result.top_values < 0).any() and (result.top_values > 0).any()
     layer, neuron = 1, 9
     for value, chunk, pos in zip(result.top_values[layer, neuron], result.top_chunk[layer, neuron],
                                  result.top_position[layer, neuron], strict=True):
@@ -315,7 +317,7 @@ def test_bundled_corpus_contexts_are_cached(workbench, tiny_dirs):
     name = str(tiny_dirs["gpt2"])
     first = workbench.neuron_contexts(name)
     assert first.chunk_tokens.shape[1] == neuron_contexts.MAX_CHUNK_TOKENS
-    assert (np.diff(first.top_values, axis=-1) <= 0).all()
+    assert (np.diff(np.abs(first.top_values), axis=-1) <= 0).all()
     assert codec.same_result(workbench.neuron_contexts(name), first)
     assert workbench.store.count_results(neuron_contexts.NAME) == 1
 

@@ -52,7 +52,7 @@ def test_classes_and_explorer(page):
     effect = specs[-1]["data"]
     assert effect[0]["name"] == "clean" and len(_decode(effect[0]["y"])) == 5
     contexts = at.dataframe[-1].value
-    assert len(contexts) == 8 and (np.diff(contexts["activation"].to_numpy()) <= 0).all()
+    assert len(contexts) == 8 and (np.diff(np.abs(contexts["activation"].to_numpy())) <= 1e-4).all()
 
 
 def test_bad_neuron_shows_error(page):

@@ -9,9 +9,11 @@ The corpus (``workbench/data/corpus.txt``, written for this project) is tokenize
 stream and cut into chunks of ``chunk_tokens`` tokens, each prefixed with what the
 tokenizer puts before a text (Gemma's ``<bos>``, nothing for SmolLM2); the last partial
 chunk is dropped. Chunks run in batches; for every (layer, neuron) a running top-k of the
-activation value (the input of the MLP's output projection, raw sign, no normalisation)
-keeps where it happened. The result, not the (large) raw activations, is what the store
-caches, keyed by the model digest and the corpus digest.
+activation's magnitude (the input of the MLP's output projection; gated neurons fire with
+either sign, so the strongest contexts of both signs compete; the stored value keeps its
+raw sign, before any sign normalisation) keeps where it happened. The result, not the
+(large) raw activations, is what the store caches, keyed by the model digest and the
+corpus digest.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from workbench.errors import BadRequest
 from workbench.models.loader import LoadedModel
 
 NAME = "neuron_contexts"
-VERSION = 1
+VERSION = 2
 CORPUS_PATH = Path(__file__).resolve().parents[1] / "data" / "corpus.txt"
 MAX_CHUNK_TOKENS = 64
 MAX_TOP_K = 20
@@ -55,7 +57,7 @@ class NeuronContextsRequest:
 class NeuronContextsResult:
     model_name: str
     chunk_tokens: np.ndarray  # (chunks, chunk_len) str: each token of each chunk, decoded alone
-    top_values: np.ndarray  # (layer, neurons, k) float32, descending
+    top_values: np.ndarray  # (layer, neurons, k) float32, signed, by descending magnitude
     top_chunk: np.ndarray  # (layer, neurons, k) int32: chunk of each top activation
     top_position: np.ndarray  # (layer, neurons, k) int32: position within the chunk
 
@@ -95,13 +97,14 @@ def update_top_k(
     values: torch.Tensor, where: torch.Tensor, acts: torch.Tensor, offset: int, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge a batch of activations (layer, tokens, neurons) into the running (layer, k, neurons)
-    top-k ``values`` whose flat token indices are ``where``; new tokens are numbered from ``offset``."""
+    top-k by magnitude ``values`` whose flat token indices are ``where``; new tokens are numbered
+    from ``offset``."""
     n_tokens = acts.shape[1]
     index = torch.arange(offset, offset + n_tokens).view(1, n_tokens, 1).expand_as(acts)
     all_values = torch.cat([values, acts], dim=1)
     all_where = torch.cat([where, index], dim=1)
-    top = all_values.topk(min(k, all_values.shape[1]), dim=1)
-    return top.values, all_where.gather(1, top.indices)
+    top = all_values.abs().topk(min(k, all_values.shape[1]), dim=1)  # strongest either sign
+    return all_values.gather(1, top.indices), all_where.gather(1, top.indices)
 
 
 def compute(
