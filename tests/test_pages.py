@@ -17,8 +17,9 @@ from workbench.config import PROJECT_ROOT
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERLENS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LAYERLENS_MODELS_DIR", str(PROJECT_ROOT / "cache" / "models"))  # converted once
     st.cache_resource.clear()
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=60)
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)  # a first run may convert a model
     at.run()
     yield at
     st.cache_resource.clear()

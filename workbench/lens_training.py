@@ -37,6 +37,18 @@ def checkpoint_path(root: Path, model_digest: str, config: TunedLensConfig) -> P
     return root / "tuned_lens" / f"{model_digest[:16]}-{request_digest(config)[:16]}.pt"
 
 
+def saved_status(path: Path) -> TrainingStatus:
+    """The status recorded in a checkpoint file, without loading any model ("untrained" if none)."""
+    if not path.exists():
+        return TrainingStatus("untrained", 0, 0, ())
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:
+        return TrainingStatus("failed", 0, 0, (), f"Unreadable checkpoint {path}: {exc}")
+    step = int(state["step"])
+    return TrainingStatus("stopped" if step else "untrained", step, step, tuple(state["losses"]))
+
+
 class LensTrainer:
     """Trains the translators of one model for one config; ``chunks`` are training token-id lists,
     ``residuals(ids) -> (layer, seq, d_model)`` records the residual stream of one chunk."""

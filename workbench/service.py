@@ -27,7 +27,7 @@ from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab, neu
 from workbench.analyses import faithfulness, patching
 from workbench.config import Settings, load_settings
 from workbench.errors import BadRequest
-from workbench.lens_training import LensTrainer, TrainingStatus, checkpoint_path
+from workbench.lens_training import LensTrainer, TrainingStatus, checkpoint_path, saved_status
 from workbench.models import catalog, loader
 from workbench.models.catalog import LocalModel
 from workbench.models.loader import LoadedModel
@@ -224,7 +224,13 @@ class Workbench:
         return trainer.status()
 
     def tuned_lens_status(self, model_name: str, config: tuned_lens.TunedLensConfig) -> TrainingStatus:
-        return self.tuned_lens_trainer(model_name, config).status()
+        """The running job's status, else what its checkpoint says (no model is loaded for that)."""
+        local = self.local_model(model_name)
+        with self._registry_lock:
+            trainer = self._trainers.get((local.digest, request_digest(config)))
+        if trainer is not None:
+            return trainer.status()
+        return saved_status(checkpoint_path(self.settings.cache_dir, local.digest, config))
 
     def compare_lenses(
         self, model_name: str, prompt: str, target: str = "", config: tuned_lens.TunedLensConfig | None = None,
@@ -337,10 +343,12 @@ class Workbench:
             model = self.model(model_name, progress)
             pair = prompt_pairs.PromptPair(request.clean, request.corrupted, request.answer, request.wrong)
             encoded = prompt_pairs.encode_pair(model, pair, self.settings)
-            return patching.compute(
-                model, encoded.clean_ids, encoded.corrupted_ids, encoded.answer_id, encoded.wrong_id,
-                request, progress,
+            ids = (encoded.clean_ids, encoded.corrupted_ids, encoded.answer_id, encoded.wrong_id)
+            activation = self.cached(
+                patching.ACTIVATION, local, request.activation_request,
+                lambda: patching.compute_activation(model, *ids, request.activation_request, progress),
             )
+            return patching.compute(model, *ids, request, activation)
 
         return self.cached(patching, local, request, compute)
 
