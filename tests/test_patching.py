@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -181,10 +183,18 @@ def test_progress_can_cancel_and_nothing_is_stored(workbench, tiny_dirs):
     local = workbench.local_model(name)
     key = ResultKey(patching.NAME, patching.VERSION, local.digest, patching_digest(request))
     assert workbench.store.get_result(key, patching.PatchingResult) is None
+    act = patching.ACTIVATION
+    act_key = ResultKey(act.NAME, act.VERSION, local.digest, patching_digest(request.activation_request))
+    assert workbench.store.get_result(act_key, act.RESULT_TYPE) is None
     first = workbench.patching(name, request)
     again = workbench.patching(name, request)
     assert same_result(first, again)
     assert first.act_heads.shape == (0, 0)
+    # toggling a RelP rule reuses the cached activation patching (progress would cancel it)
+    toggled = workbench.patching(name, dataclasses.replace(request, ah_rule=True), cancel)
+    np.testing.assert_array_equal(toggled.act_resid, first.act_resid)
+    np.testing.assert_array_equal(toggled.atp_resid, first.atp_resid)
+    assert not np.array_equal(toggled.relp_attn, first.relp_attn)
 
 
 def patching_digest(request):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from workbench.interventions import HEADS, SITES, Rules
 from workbench.models.loader import LoadedModel
 
 NAME = "patching"
-VERSION = 1
+VERSION = 2
 COMPONENTS = (*SITES, HEADS)  # resid, attn, mlp: (layer, seq); heads: (layer, head)
 METHODS = ("act", "atp", "relp")
 MIN_LOGIT_DIFF_GAP = 1e-6
@@ -58,8 +59,50 @@ class PatchingRequest:
             raise BadRequest("The clean and corrupted prompts are identical; change one name in the corrupted one.")
 
     @property
+    def activation_request(self) -> ActivationPatchingRequest:
+        return ActivationPatchingRequest(self.clean, self.corrupted, self.answer, self.wrong, self.heads)
+
+    @property
     def rules(self) -> Rules:
         return Rules(ln=self.ln_rule, identity=self.identity_rule, half=self.half_rule, attention=self.ah_rule)
+
+
+@dataclass(frozen=True)
+class ActivationPatchingRequest:
+    """The ground-truth part of a PatchingRequest: it does not depend on the RelP rules, so it is
+    cached on its own and toggling a rule never re-runs activation patching."""
+
+    clean: str
+    corrupted: str
+    answer: str
+    wrong: str
+    heads: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class ActivationPatchingResult:
+    act_resid: np.ndarray  # (layer, seq) float32, metric m after patching
+    act_attn: np.ndarray  # (layer, seq)
+    act_mlp: np.ndarray  # (layer, seq)
+    act_heads: np.ndarray  # (layer, head); (0, 0) without heads
+    ld_clean: float
+    ld_corrupted: float
+    seconds: float  # wall time, both recording forwards included
+
+    def __post_init__(self):
+        for name in ("act_attn", "act_mlp"):
+            if getattr(self, name).shape != self.act_resid.shape:
+                raise ValueError(f"ActivationPatchingResult.{name} has shape {getattr(self, name).shape}, "
+                                 f"expected {self.act_resid.shape}")
+        if self.act_heads.size and self.act_heads.shape[0] != self.act_resid.shape[0]:
+            raise ValueError("ActivationPatchingResult.act_heads has the wrong number of layers")
+
+    def scores(self, component: str) -> np.ndarray:
+        return getattr(self, f"act_{component}")
+
+
+# the cache entry of the ground truth: an analysis of its own in the store
+ACTIVATION = SimpleNamespace(NAME="activation_patching", VERSION=1, RESULT_TYPE=ActivationPatchingResult)
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,6 +166,41 @@ def logit_diff(logits: torch.Tensor, answer_id: int, wrong_id: int) -> float:
     return float(logits[..., answer_id] - logits[..., wrong_id])
 
 
+def _check_gap(ld_clean: float, ld_corrupted: float, answer: str, wrong: str) -> None:
+    if abs(ld_clean - ld_corrupted) < MIN_LOGIT_DIFF_GAP:
+        raise BadPrompt(
+            f"The clean and corrupted prompts give the same logit difference ({ld_clean:.6g} vs "
+            f"{ld_corrupted:.6g}) for {answer!r} vs {wrong!r}, so the patching metric is undefined. "
+            "Change the corrupted prompt so that the answer changes."
+        )
+
+
+def compute_activation(
+    model: LoadedModel,
+    clean_ids: torch.Tensor,
+    corrupted_ids: torch.Tensor,
+    answer_id: int,
+    wrong_id: int,
+    request: ActivationPatchingRequest,
+    progress: Callable[[float | None, str], None] = lambda f, m: None,
+) -> ActivationPatchingResult:
+    """Activation patching of every site. ``progress`` may raise to cancel (nothing is returned then)."""
+    sites = (*SITES, HEADS) if request.heads else SITES
+    start = time.perf_counter()
+    clean_acts, clean_logits = interventions.record(model, clean_ids, sites)
+    corrupted_acts, corrupted_logits = interventions.record(model, corrupted_ids, sites)
+    ld_clean = logit_diff(clean_logits, answer_id, wrong_id)
+    ld_corrupted = logit_diff(corrupted_logits, answer_id, wrong_id)
+    _check_gap(ld_clean, ld_corrupted, request.answer, request.wrong)
+    metric = metric_fn(answer_id, wrong_id, ld_corrupted, ld_clean)
+    act = _activation_patching(model, corrupted_ids, clean_acts, corrupted_acts, metric, sites, progress)
+    empty = np.zeros((0, 0), np.float32)
+    return ActivationPatchingResult(
+        act_resid=act["resid"], act_attn=act["attn"], act_mlp=act["mlp"], act_heads=act.get(HEADS, empty),
+        ld_clean=ld_clean, ld_corrupted=ld_corrupted, seconds=time.perf_counter() - start,
+    )
+
+
 def compute(
     model: LoadedModel,
     clean_ids: torch.Tensor,
@@ -130,43 +208,34 @@ def compute(
     answer_id: int,
     wrong_id: int,
     request: PatchingRequest,
-    progress: Callable[[float | None, str], None] = lambda f, m: None,
+    activation: ActivationPatchingResult,
 ) -> PatchingResult:
-    """All three methods on one pair. ``progress`` may raise to cancel (nothing is returned then)."""
+    """AtP and RelP on one pair, next to its (separately cached) activation patching scores."""
     sites = (*SITES, HEADS) if request.heads else SITES
     start = time.perf_counter()
-    clean_acts, clean_logits = interventions.record(model, clean_ids, sites)
-    ld_clean = logit_diff(clean_logits, answer_id, wrong_id)
-    corrupted_acts, corrupted_logits = interventions.record(model, corrupted_ids, sites)
+    clean_acts, _ = interventions.record(model, clean_ids, sites)
+    _, corrupted_logits = interventions.record(model, corrupted_ids, ())
+    shared = time.perf_counter() - start  # the two forwards both estimates need
     ld_corrupted = logit_diff(corrupted_logits, answer_id, wrong_id)
-    shared = time.perf_counter() - start  # the two forwards every method needs
-    if abs(ld_clean - ld_corrupted) < MIN_LOGIT_DIFF_GAP:
-        raise BadPrompt(
-            f"The clean and corrupted prompts give the same logit difference ({ld_clean:.6g} vs {ld_corrupted:.6g}) for "
-            f"{request.answer!r} vs {request.wrong!r}, so the patching metric is undefined. "
-            "Change the corrupted prompt so that the answer changes."
-        )
-    metric = metric_fn(answer_id, wrong_id, ld_corrupted, ld_clean)
+    metric = metric_fn(answer_id, wrong_id, activation.ld_corrupted, activation.ld_clean)
     start = time.perf_counter()
     atp = _attribution(model, corrupted_ids, metric, sites, clean_acts, Rules())
     seconds_atp = shared + time.perf_counter() - start
     start = time.perf_counter()
     relp = _attribution(model, corrupted_ids, metric, sites, clean_acts, request.rules)
     seconds_relp = shared + time.perf_counter() - start
-    progress(0.05, "Attribution and relevance patching done; activation patching")
-    start = time.perf_counter()
-    act = _activation_patching(model, corrupted_ids, clean_acts, corrupted_acts, metric, sites, progress)
-    seconds_act = shared + time.perf_counter() - start
     empty = np.zeros((0, 0), np.float32)
+    if abs(ld_corrupted - activation.ld_corrupted) > 1e-3 * max(1.0, abs(ld_corrupted)):
+        raise ValueError("the cached activation patching belongs to another corrupted run")
     return PatchingResult(
         model_name=model.name,
         clean_tokens=np.array(prompts.token_strings(model, clean_ids)),
         corrupted_tokens=np.array(prompts.token_strings(model, corrupted_ids)),
-        ld_clean=ld_clean,
-        ld_corrupted=ld_corrupted,
-        **{f"{name}_{c}": scores.get(c, empty) for name, scores in (("act", act), ("atp", atp), ("relp", relp))
-           for c in COMPONENTS},
-        seconds_act=seconds_act,
+        ld_clean=activation.ld_clean,
+        ld_corrupted=activation.ld_corrupted,
+        **{f"act_{c}": activation.scores(c) for c in COMPONENTS},
+        **{f"{name}_{c}": scores.get(c, empty) for name, scores in (("atp", atp), ("relp", relp)) for c in COMPONENTS},
+        seconds_act=activation.seconds,
         seconds_atp=seconds_atp,
         seconds_relp=seconds_relp,
     )
@@ -212,5 +281,5 @@ def _activation_patching(
                 logits = interventions.patch_positions(model, corrupted_ids, source, layer, site, positions=differs)
                 row[differs.numpy()] = metric(logits.double()).float().cpu().numpy()
             scores[site][layer] = row
-        progress(0.05 + 0.95 * done / len(steps), f"Activation patching: {site} layer {layer} ({done}/{len(steps)})")
+        progress(done / len(steps), f"Activation patching: {site} layer {layer} ({done}/{len(steps)})")
     return {site: np.stack(rows) for site, rows in scores.items()}
