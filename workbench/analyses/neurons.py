@@ -214,9 +214,10 @@ def layer_weights(model: LoadedModel, layer: int, fold_norm: bool) -> adapter.Ml
     w_in, w_out = raw.w_in.float().cpu(), raw.w_out.float().cpu()
     if fold_norm:
         pre, _post = adapter.mlp_norm_scales(model.spec, model.hf_model, layer)
-        if pre is not None:
-            w_in = w_in * pre.cpu()[None, :]
-            w_gate = w_gate * pre.cpu()[None, :] if w_gate is not None else None
+        if pre is not None:  # (numpy: the elementwise product is much faster than torch's on a busy CPU)
+            scale = pre.cpu().numpy()[None, :]
+            w_in = torch.from_numpy(w_in.detach().numpy() * scale)
+            w_gate = torch.from_numpy(w_gate.detach().numpy() * scale) if w_gate is not None else None
     return adapter.MlpWeights(w_gate=w_gate, w_in=w_in, w_out=w_out)
 
 
