@@ -298,11 +298,13 @@ def test_top_contexts_are_the_true_maxima(workbench, tiny_dirs):
     assert chunks.shape == (len(stream) // (16 - len(prefix)), 16)
     assert chunks[:, len(prefix):].flatten().tolist() == stream[: chunks.shape[0] * (16 - len(prefix))]
     acts = tracing.mlp_activations(model, chunks)  # (layer, chunks, seq, neurons), all at once
+    acts[:, :, : neuron_contexts.SKIPPED_POSITIONS] = 0.0  # the sink position never counts
     flat = acts.reshape(acts.shape[0], -1, acts.shape[-1])
     top = flat.abs().topk(4, dim=1)  # strongest contexts of either sign, signed values kept
     expected = flat.gather(1, top.indices)
     np.testing.assert_allclose(result.top_values, expected.transpose(1, 2).numpy(), atol=1e-6)
     assert (result.top_values < 0).any() and (result.top_values > 0).any()
+    assert (result.top_position >= neuron_contexts.SKIPPED_POSITIONS).all()
     layer, neuron = 1, 9
     for value, chunk, pos in zip(result.top_values[layer, neuron], result.top_chunk[layer, neuron],
                                  result.top_position[layer, neuron], strict=True):

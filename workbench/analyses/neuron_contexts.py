@@ -11,7 +11,8 @@ tokenizer puts before a text (Gemma's ``<bos>``, nothing for SmolLM2); the last 
 chunk is dropped. Chunks run in batches; for every (layer, neuron) a running top-k of the
 activation's magnitude (the input of the MLP's output projection; gated neurons fire with
 either sign, so the strongest contexts of both signs compete; the stored value keeps its
-raw sign, before any sign normalisation) keeps where it happened. The result, not the
+raw sign, before any sign normalisation) keeps where it happened. The first position of
+every chunk is left out (``SKIPPED_POSITIONS``). The result, not the
 (large) raw activations, is what the store caches, keyed by the model digest and the
 corpus digest.
 """
@@ -31,10 +32,14 @@ from workbench.errors import BadRequest
 from workbench.models.loader import LoadedModel
 
 NAME = "neuron_contexts"
-VERSION = 2
+VERSION = 3
 CORPUS_PATH = Path(__file__).resolve().parents[1] / "data" / "corpus.txt"
 MAX_CHUNK_TOKENS = 64
 MAX_TOP_K = 20
+# Position 0 of a chunk is the attention-sink position (Gemma's <bos>; SmolLM2, which gets no
+# <bos>, makes the chunk's first token its sink) and its activations are outliers that would
+# win every neuron's top-k (seen on SmolLM2: the same first-token contexts for every neuron).
+SKIPPED_POSITIONS = 1
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,7 @@ def compute(
     for start in range(0, n_chunks, request.batch_size):
         batch = chunks[start : start + request.batch_size]
         acts = tracing.mlp_activations(model, batch)  # (layer, batch, seq, neurons)
+        acts[:, :, :SKIPPED_POSITIONS] = 0.0  # never a top context: see SKIPPED_POSITIONS
         acts = acts.reshape(acts.shape[0], -1, acts.shape[-1])  # (layer, tokens, neurons)
         if values is None:
             values = torch.full((acts.shape[0], 0, acts.shape[-1]), -torch.inf)
