@@ -13,6 +13,8 @@ two sessions asking at once load it once). Long steps report through a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from collections.abc import Callable
 
@@ -25,6 +27,7 @@ from workbench.analyses import attention_sinks, latent_language, sink_levels
 from workbench.analyses import depth_use, logit_lens, tuned_lens, request_digest, request_json
 from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab, neurons
 from workbench.analyses import faithfulness, patching
+from workbench.analyses import concept_depth
 from workbench.config import Settings, load_settings
 from workbench.errors import BadRequest
 from workbench.lens_training import LensTrainer, TrainingStatus, checkpoint_path, saved_status
@@ -379,3 +382,63 @@ class Workbench:
             return faithfulness.compute(local.name, results, request)
 
         return self.cached(faithfulness, local, request, compute)
+
+    # ------------------------------------------------------------------ concept depth
+
+    def concept_depth(
+        self, model_name: str, request: concept_depth.ConceptDepthRequest, progress: Progress = _silent,
+        batch_size: int = 16,
+    ) -> concept_depth.ConceptDepthResult:
+        """Layer-wise linear probes of one labelled dataset (Jin et al.); representations are cached."""
+        for text in request.texts:
+            prompts.check_text(text, self.settings)
+        local = self.local_model(model_name, progress)
+
+        def compute() -> concept_depth.ConceptDepthResult:
+            model = self.model(model_name, progress)
+            features = self.concept_features(model, request, progress, batch_size)
+            return concept_depth.compute(local.name, features, request, progress)
+
+        return self.cached(concept_depth, local, request, compute)
+
+    def concept_features(
+        self, model: LoadedModel, request: concept_depth.ConceptDepthRequest, progress: Progress = _silent,
+        batch_size: int = 16,
+    ) -> np.ndarray:
+        """(layer, example, d_model) last-token states of the request's texts (with its noise tokens),
+        extracted in length-sorted batches, from the store when they are there."""
+        sequences = concept_depth.add_noise(
+            self._concept_sequences(model, request.texts), request.noise_tokens, _noise_vocabulary(model),
+            keep_prefix=len(model.tokenizer("").input_ids), seed=request.seed,
+        )
+        digest = hashlib.sha256(json.dumps(sequences).encode()).hexdigest()
+        key = ActivationKey(model.digest, digest, f"concept_{request.site}")
+        cached = self.store.get_activations(key)
+        if cached is not None:
+            return cached
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # little padding per batch
+        features = np.zeros((model.info.n_layers, len(sequences), model.info.d_model), np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            progress(start / len(order), f"Extracting representations: {start} of {len(order)} texts")
+            states = tracing.last_token_states(model, [sequences[i] for i in rows], request.site)
+            features[:, rows] = states.numpy()
+        self.store.put_activations(key, features)
+        progress(None, "Training the probes")
+        return features
+
+    def _concept_sequences(self, model: LoadedModel, texts: tuple[str, ...]) -> list[list[int]]:
+        limit = min(self.settings.max_prompt_tokens, model.info.max_positions or self.settings.max_prompt_tokens)
+        sequences = [list(model.tokenizer(text).input_ids) for text in texts]
+        for index, seq in enumerate(sequences):
+            if len(seq) + concept_depth.MAX_NOISE_TOKENS > limit:
+                raise BadRequest(f"Text {index + 1} is {len(seq)} tokens long; with room for noise tokens the "
+                                 f"limit is {limit - concept_depth.MAX_NOISE_TOKENS} tokens. Shorten it.")
+        return sequences
+
+
+def _noise_vocabulary(model: LoadedModel) -> list[int]:
+    """Token ids that noise may use: the model's vocabulary without the tokenizer's special tokens."""
+    special = set(model.tokenizer.all_special_ids)
+    size = min(model.info.vocab_size, len(model.tokenizer))
+    return [i for i in range(size) if i not in special]

@@ -214,3 +214,59 @@ def logits_with_attention(model: LoadedModel, token_ids: torch.Tensor, implement
         finally:
             hf_model.set_attn_implementation("eager")
     return out.logits[0].float().cpu()
+
+
+# ---------------------------------------------------------------------- concept-depth probes
+# Representation sites of one text's last token, per block: "mlp_input" is the output of the
+# block's pre-MLP norm (adapter ``pre_mlp_norm``: the post-attention norm in Llama, Jin et al.'s
+# choice), "block_output" the block's output (residual stream after the block).
+LAST_TOKEN_SITES = ("mlp_input", "block_output")
+
+
+def _right_padded(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, lengths) of sequences padded on the right.
+
+    Pads are masked and come after every real token: any id in the embedding works (0 always
+    does; some tokenizers' own pad id lies outside the model's vocabulary)."""
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("every sequence needs at least one token")
+    lengths = torch.tensor([len(s) for s in sequences])
+    ids = torch.zeros((len(sequences), int(lengths.max())), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    return ids, mask, lengths
+
+
+def forward_batch(model: LoadedModel, sequences: list[list[int]]) -> torch.Tensor:
+    """A plain padded batch forward pass (no nnsight), last-position logits only: the baseline
+    that the concept-depth extraction benchmark compares against."""
+    ids, mask, _ = _right_padded(sequences)
+    with model.lock, torch.no_grad():
+        out = model.hf_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=1)
+    return out.logits[:, -1].float().cpu()
+
+
+def last_token_states(model: LoadedModel, sequences: list[list[int]], site: str = "mlp_input") -> torch.Tensor:
+    """(layer = n_layers, example, d_model) states at the last token of each sequence, one batched pass.
+
+    Rows are right-padded with an attention mask and the state is gathered at each row's last real
+    token: with causal attention, pads after it cannot reach it and positions stay 0..len-1, so every
+    row equals its unbatched run. Only the last position's logits are computed (``logits_to_keep=1``).
+    """
+    if site not in LAST_TOKEN_SITES:
+        raise ValueError(f"site must be one of {LAST_TOKEN_SITES}")
+    ids, mask, lengths = _right_padded(sequences)
+    rows, last = torch.arange(len(sequences)), lengths - 1
+    lm = model.lm
+    with model.lock, torch.no_grad():
+        with lm.trace({"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)},
+                      logits_to_keep=1):
+            states = []
+            for layer in range(model.info.n_layers):
+                block = lm.layers[layer]
+                value = block.pre_mlp_norm.output if site == "mlp_input" else _first(block.output)
+                states.append(value[rows, last])
+            nnsight.save(states)
+    return torch.stack([s.detach().float().cpu() for s in states])
