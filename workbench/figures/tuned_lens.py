@@ -13,6 +13,12 @@ from workbench.lens_training import TrainingStatus
 LOGIT, TUNED = LINE_COLORS[0], LINE_COLORS[1]
 
 
+def _layer_ticks(result: LensComparisonResult) -> dict:
+    step = max(1, len(result.layer_labels) // 10)
+    return {"tickmode": "array", "tickvals": list(range(0, len(result.layer_labels), step)),
+            "ticktext": list(result.layer_labels[::step])}
+
+
 def loss_curve(status: TrainingStatus) -> go.Figure:
     steps = np.arange(1, len(status.losses) + 1)
     fig = go.Figure(go.Scatter(x=steps, y=status.losses, mode="lines", line={"color": TUNED}, name="loss"))
@@ -39,12 +45,12 @@ def held_out(result: LensComparisonResult) -> go.Figure:
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_yaxes(type="log", row=1, col=3)
-    fig.update_xaxes(title_text="layer (0 = embeddings)")
+    fig.update_xaxes(title_text="layer (residual after block)", **_layer_ticks(result))
     fig.update_layout(
         title=f"Logit vs tuned lens: {result.model_name}, {result.eval_tokens} held-out tokens, "
               f"lens trained {result.lens_step} steps",
-        height=380, legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
-        margin={"l": 60, "r": 20, "t": 90, "b": 50})
+        height=400, legend={"orientation": "h", "y": -0.25, "x": 0.5, "xanchor": "center"},
+        margin={"l": 60, "r": 20, "t": 80, "b": 80})
     return fig
 
 
@@ -63,7 +69,8 @@ def trajectory(result: LensComparisonResult) -> go.Figure:
             hovertemplate="layer %{customdata[0]}: p=%{y:.3f}, top-1 %{customdata[1]}<extra>" + name + "</extra>",
         ))
     target = display_token(result.target_token) if result.target_token else "(no target: top-1 in hover)"
+    fig.update_xaxes(title_text="layer (residual after block)", **_layer_ticks(result))
     fig.update_layout(title=f"Trajectory of {target} at the last position", height=340,
-                      xaxis_title="layer (0 = embeddings)", yaxis={"title": "probability", "range": [0, 1.02]},
+                      yaxis={"title": "probability", "range": [0, 1.02]},
                       margin={"l": 60, "r": 20, "t": 50, "b": 50})
     return fig
