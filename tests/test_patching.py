@@ -210,6 +210,9 @@ def test_correlation_helpers():
     assert faithfulness.pearson(x, -x) == pytest.approx(-1.0)
     assert np.isnan(faithfulness.pearson(x, np.zeros(4)))
     assert faithfulness.topk_overlap(np.array([5.0, -4.0, 0.1, 0.2]), np.array([1.0, 0.0, 0.0, -3.0]), 2) == 0.5
+    ties = np.array([1.0, 1.0, 1.0, 0.0])  # any two of the first three are a correct top-2
+    assert faithfulness.topk_overlap(ties, np.array([0.0, 0.0, 2.0, 0.0]) + np.array([0, 1, 0, 0]), 2) == 1.0
+    assert faithfulness.topk_overlap(ties, np.array([0.0, 0.0, 2.0, 3.0]), 2) == 0.5
 
 
 def test_faithfulness_scoreboard(workbench, tiny_dirs):

@@ -4,8 +4,8 @@ Jafari et al. (2025), "RelP: Faithful and Efficient Circuit Discovery via Releva
 IOI evaluation. For each component type (residual stream, attention output, MLP output, attention
 heads) the scores of every (pair, layer, position) — or (pair, layer, head) — are pooled and
 compared with the activation-patching scores: Pearson r, Spearman rho, and top-k overlap (the
-share of the k components with the largest |activation patching| effect that are also among the
-k largest |estimate|). Paper reference (IOI, GPT-2 small, AtP -> RelP, Pearson): residual 0.753 ->
+share of the estimate's k largest |scores| that are among the k largest |activation patching|
+effects, ties counted). Paper reference (IOI, GPT-2 small, AtP -> RelP, Pearson): residual 0.753 ->
 0.968, attention out 0.979 -> 0.962, MLP out 0.195 -> 0.992.
 """
 
@@ -21,7 +21,7 @@ from workbench.analyses.patching import COMPONENTS, PatchingResult
 from workbench.errors import BadRequest
 
 NAME = "patching_faithfulness"
-VERSION = 1
+VERSION = 2
 ESTIMATORS = ("atp", "relp")
 MAX_PAIRS = 200
 PAPER_GPT2_SMALL_PEARSON = {"resid": (0.753, 0.968), "attn": (0.979, 0.962), "mlp": (0.195, 0.992)}
@@ -95,13 +95,19 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def topk_overlap(truth: np.ndarray, estimate: np.ndarray, k: int) -> float:
-    """Share of the k largest |truth| entries that are among the k largest |estimate| entries."""
+    """Share of the estimate's k largest-|.| entries that are among the truth's k largest |.|.
+
+    Tie-aware: an entry counts when its |truth| reaches the k-th largest |truth| (activation
+    patching often gives many components the same effect, e.g. m = 1 on the swapped token in
+    every early layer, and an arbitrary tie order would make the overlap meaningless).
+    """
     k = min(k, len(truth))
     if k == 0:
         return float("nan")
-    top_truth = set(np.argsort(-np.abs(truth), kind="stable")[:k].tolist())
-    top_estimate = set(np.argsort(-np.abs(estimate), kind="stable")[:k].tolist())
-    return len(top_truth & top_estimate) / k
+    magnitude = np.abs(truth)
+    threshold = np.sort(magnitude)[-k]
+    top_estimate = np.argsort(-np.abs(estimate), kind="stable")[:k]
+    return float((magnitude[top_estimate] >= threshold).sum() / k)
 
 
 def compute(model_name: str, results: Sequence[PatchingResult], request: FaithfulnessRequest) -> FaithfulnessResult:
