@@ -213,6 +213,9 @@ def test_correlation_helpers():
     ties = np.array([1.0, 1.0, 1.0, 0.0])  # any two of the first three are a correct top-2
     assert faithfulness.topk_overlap(ties, np.array([0.0, 0.0, 2.0, 0.0]) + np.array([0, 1, 0, 0]), 2) == 1.0
     assert faithfulness.topk_overlap(ties, np.array([0.0, 0.0, 2.0, 3.0]), 2) == 0.5
+    near = np.array([1.0, 0.99, 0.98, 0.5])  # within 5 %: a tie
+    assert faithfulness.topk_overlap(near, np.array([0.0, 0.0, 2.0, 0.0]), 1) == 1.0
+    assert faithfulness.topk_overlap(near, np.array([0.0, 0.0, 0.0, 2.0]), 1) == 0.0
 
 
 def test_faithfulness_scoreboard(workbench, tiny_dirs):
