@@ -38,6 +38,7 @@ bench: install
 	$(PY) -m bench.bench_neurons
 	$(PY) -m bench.bench_neurons --model gemma3-270m
 	$(PY) -m bench.bench_patching
+	$(PY) -m bench.bench_concept_depth
 
 lint: install
 	$(VENV)/bin/ruff check .
