@@ -21,13 +21,24 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from workbench import corpus, prompts, tracing
-from workbench import prompt_pairs
-from workbench.analyses import attention_sinks, latent_language, sink_levels
-from workbench.analyses import depth_use, logit_lens, tuned_lens, request_digest, request_json
-from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab, neurons
-from workbench.analyses import faithfulness, patching
-from workbench.analyses import concept_depth
+from workbench import corpus, prompt_pairs, prompts, tracing
+from workbench.analyses import (
+    attention_sinks,
+    concept_depth,
+    depth_use,
+    faithfulness,
+    latent_language,
+    logit_lens,
+    neuron_contexts,
+    neuron_effect,
+    neuron_vocab,
+    neurons,
+    patching,
+    request_digest,
+    request_json,
+    sink_levels,
+    tuned_lens,
+)
 from workbench.config import Settings, load_settings
 from workbench.errors import BadRequest
 from workbench.lens_training import LensTrainer, TrainingStatus, checkpoint_path, saved_status
