@@ -13,29 +13,12 @@ interleaved (forward, trace, probe, forward, ...) so that load from other proces
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-import time
-from dataclasses import replace
-from pathlib import Path
 
-from bench.bench_logit_lens import PROMPT, median_seconds
+from bench.bench_logit_lens import PROMPT
+from bench.common import interleaved_medians, median_seconds, throwaway_workbench
 from workbench import prompts, tracing
 from workbench.analyses import attention_sinks
 from workbench.analyses.attention_sinks import SinkProbeRequest
-from workbench.config import load_settings
-from workbench.service import Workbench
-
-
-def interleaved_medians(actions, repeats: int) -> list[float]:
-    """Median seconds of each action, running them in turn ``repeats`` times."""
-    times = [[] for _ in actions]
-    for _ in range(repeats):
-        for action, bucket in zip(actions, times, strict=True):
-            start = time.perf_counter()
-            action()
-            bucket.append(time.perf_counter() - start)
-    return [statistics.median(bucket) for bucket in times]
 
 
 def main() -> None:
@@ -44,9 +27,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    settings = load_settings()
-    with tempfile.TemporaryDirectory() as tmp:
-        wb = Workbench(replace(settings, cache_dir=Path(tmp), models_dir_override=settings.models_dir))
+    with throwaway_workbench() as wb:
         model = wb.model(args.model)
         encoded = prompts.encode(model, PROMPT, wb.settings)
         ids = encoded.ids
@@ -65,7 +46,6 @@ def main() -> None:
         )
         wb.attention_sinks(args.model, request)  # fill the store
         cached = median_seconds(lambda: wb.attention_sinks(args.model, request), args.repeats)
-        wb.close()
 
     print(f"model {args.model}: {model.info.n_layers} layers, {model.info.n_heads} heads, {len(ids)} tokens")
     print(f"{'step':<14}{'median ms':>12}{'x forward':>12}")

@@ -13,29 +13,14 @@ are medians measured in this one run; ratios are relative to the plain forward p
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-import time
-from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from bench.bench_logit_lens import PROMPT
+from bench.common import median_seconds, throwaway_workbench
 from workbench import prompts, tracing
 from workbench.analyses import depth_use, tuned_lens
 from workbench.analyses.depth_use import DepthUseRequest
-from workbench.config import load_settings
-from workbench.service import Workbench
-
-
-def median_seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -43,9 +28,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    settings = load_settings()
-    with tempfile.TemporaryDirectory() as tmp:
-        wb = Workbench(replace(settings, cache_dir=Path(tmp), models_dir_override=settings.models_dir))
+    with throwaway_workbench() as wb:
         model = wb.model(args.model)
         encoded = prompts.encode(model, PROMPT, wb.settings)
         ids, seq = encoded.ids, len(encoded.ids)
@@ -74,7 +57,6 @@ def main() -> None:
         for action in timings.values():
             action()  # warm-up
         measured = {name: median_seconds(action, args.repeats) for name, action in timings.items()}
-        wb.close()
     forward = measured["forward"]
     print(f"model {args.model}: {model.info.n_layers} layers, {seq} tokens, vocab {model.info.vocab_size}")
     print(f"{'step':<12}{'ms/token':>10}{'x forward':>11}")

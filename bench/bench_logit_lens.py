@@ -12,31 +12,16 @@ median wall times and their ratios, all measured in this one run:
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-import time
-from dataclasses import replace
-from pathlib import Path
 
+from bench.common import median_seconds, throwaway_workbench
 from workbench import prompts, tracing
 from workbench.analyses import logit_lens
 from workbench.analyses.logit_lens import LogitLensRequest
-from workbench.config import load_settings
-from workbench.service import Workbench
 
 PROMPT = (
     "The Eiffel Tower, completed in 1889 for the World's Fair, stands on the Champ de Mars in "
     "the city of Paris, which is the capital of France"
 )
-
-
-def median_seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -45,10 +30,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
 
-    settings = load_settings()
-    with tempfile.TemporaryDirectory() as tmp:
-        # a throwaway store, but the converted models of the real cache
-        wb = Workbench(replace(settings, cache_dir=Path(tmp), models_dir_override=settings.models_dir))
+    with throwaway_workbench() as wb:
         model = wb.model(args.model)
         encoded = prompts.encode(model, PROMPT, wb.settings)
         request = LogitLensRequest(PROMPT, target=" France")
@@ -66,7 +48,6 @@ def main() -> None:
         full = median_seconds(lens, args.repeats)
         wb.logit_lens(args.model, request)  # fill the store
         cached = median_seconds(lambda: wb.logit_lens(args.model, request), args.repeats)
-        wb.close()
 
     print(f"model {args.model}: {model.info.n_layers} layers, {len(ids)} tokens, vocab {model.info.vocab_size}")
     print(f"{'step':<12}{'median ms':>12}{'x forward':>12}")

@@ -15,27 +15,12 @@ wall times and their ratios, all measured in this one run, on the default model:
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
-import time
-from dataclasses import replace
-from pathlib import Path
 
+from bench.common import median_seconds, throwaway_workbench
 from workbench import prompts, tracing
 from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab, neurons
-from workbench.config import load_settings
-from workbench.service import Workbench
 
 PROMPT = "The capital of France is"
-
-
-def median_seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -45,9 +30,7 @@ def main() -> None:
     parser.add_argument("--contexts", action="store_true", help="also time the corpus pass (slow)")
     args = parser.parse_args()
 
-    settings = load_settings()
-    with tempfile.TemporaryDirectory() as tmp:
-        wb = Workbench(replace(settings, cache_dir=Path(tmp), models_dir_override=settings.models_dir))
+    with throwaway_workbench() as wb:
         model = wb.model(args.model)
         ids = prompts.encode(model, PROMPT, wb.settings).ids
         plain, folded = neurons.NeuronClassRequest(), neurons.NeuronClassRequest(fold_norm=True)
@@ -71,7 +54,6 @@ def main() -> None:
             text = neuron_contexts.corpus_text()
             request = neuron_contexts.NeuronContextsRequest(neuron_contexts.corpus_digest(text))
             times["contexts"] = median_seconds(lambda: neuron_contexts.compute(model, request, text), 1)
-        wb.close()
 
     n_neurons = neurons.layer_weights(model, 0, False).w_in.shape[0]
     print(f"model {args.model}: {model.info.n_layers} layers x {n_neurons} neurons, d_model {model.info.d_model}, "

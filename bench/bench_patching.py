@@ -13,25 +13,13 @@ measured in this one run and their ratios:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
+from bench.common import median_seconds, throwaway_workbench
 from workbench import interventions, prompt_pairs, tracing
 from workbench.analyses import patching
-from workbench.config import load_settings
 from workbench.interventions import SITES, Rules
-from workbench.service import Workbench
 
 PAIR = prompt_pairs.ioi_pair("When {io} and {s} went to the store, {s} gave a drink to", "Mary", "John")
-
-
-def median_seconds(action, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -41,9 +29,9 @@ def main() -> None:
     parser.add_argument("--sites", default="resid", help="comma-separated sites to activation-patch in full")
     args = parser.parse_args()
 
-    wb = Workbench(load_settings())
-    model = wb.model(args.model)
-    pair = prompt_pairs.encode_pair(model, PAIR, wb.settings)
+    with throwaway_workbench() as wb:  # only loads the model; the store is not needed
+        model = wb.model(args.model)
+        pair = prompt_pairs.encode_pair(model, PAIR, wb.settings)
 
     def estimate(rules: Rules) -> None:
         clean_acts, clean_logits = interventions.record(model, pair.clean_ids, SITES)
@@ -67,7 +55,6 @@ def main() -> None:
     relp = median_seconds(lambda: estimate(Rules(ln=True, identity=True, half=True)), args.repeats)
     sites = [s.strip() for s in args.sites.split(",") if s.strip()]
     act = {site: median_seconds(lambda site=site: activation_patching(site), 1) for site in sites}
-    wb.close()
 
     print(f"model {args.model}: {model.info.n_layers} layers, {len(pair.clean_ids)} tokens")
     print(f"{'step':<14}{'median ms':>12}{'x forward':>12}")

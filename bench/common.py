@@ -1,0 +1,46 @@
+"""Shared benchmark helpers: timing medians and a backend on a throwaway store.
+
+Benchmarks print times measured in one run and their ratios; they never touch the
+user's cache file (which a running server may hold), only the converted models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from workbench.config import load_settings
+from workbench.service import Workbench
+
+
+def median_seconds(action: Callable[[], object], repeats: int) -> float:
+    return interleaved_medians([action], repeats)[0]
+
+
+def interleaved_medians(actions: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Median seconds of each action, running them in turn ``repeats`` times, so that load from
+    other processes hits every action alike."""
+    times: list[list[float]] = [[] for _ in actions]
+    for _ in range(repeats):
+        for action, bucket in zip(actions, times, strict=True):
+            start = time.perf_counter()
+            action()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(bucket) for bucket in times]
+
+
+@contextlib.contextmanager
+def throwaway_workbench() -> Iterator[Workbench]:
+    """A Workbench whose store lives in a temporary folder but which uses the converted models."""
+    settings = load_settings()
+    with tempfile.TemporaryDirectory() as tmp:
+        wb = Workbench(replace(settings, cache_dir=Path(tmp), models_dir_override=settings.models_dir))
+        try:
+            yield wb
+        finally:
+            wb.close()
