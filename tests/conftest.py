@@ -36,3 +36,6 @@ def workbench(settings):
     wb = Workbench(settings)
     yield wb
     wb.close()
+
+
+from tests.page_helpers import app  # noqa: E402, F401  (the AppTest fixture, for every page test)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
-from tests.test_lens_pages import _open
-from tests.test_pages import _decode, app  # noqa: F401  (the app fixture)
+from tests.page_helpers import decode_plotly, open_page
 
 SUBMIT = "FormSubmitter:cd_form-Run probes"
 
 
-def test_concept_depth_page_probes_two_models_with_noise(app, tiny_dirs):  # noqa: F811
-    at = _open(app, "app_pages/concept_depth.py", str(tiny_dirs["llama"]))
+def test_concept_depth_page_probes_two_models_with_noise(app, tiny_dirs):
+    at = open_page(app, "app_pages/concept_depth.py", str(tiny_dirs["llama"]))
     at.multiselect(key="cd_tasks").set_value(["factual"])
     at.number_input(key="cd_limit").set_value(40)
     at.number_input(key="cd_noise").set_value(2)
@@ -22,9 +21,9 @@ def test_concept_depth_page_probes_two_models_with_noise(app, tiny_dirs):  # noq
     curves, comparison = (json.loads(chart.proto.spec) for chart in at.get("plotly_chart"))
     lines = [t for t in curves["data"] if t.get("mode") == "lines+markers"]
     assert len(lines) == 2 * 3  # clean and noisy, three metrics each
-    x = _decode(lines[0]["x"])
+    x = decode_plotly(lines[0]["x"])
     assert len(x) == 3 and abs(x[-1] - 1.0) < 1e-9  # three blocks on l/L
-    assert all(((y := _decode(t["y"])) >= 0).all() and (y <= 1).all() for t in lines)
+    assert all(((y := decode_plotly(t["y"])) >= 0).all() and (y <= 1).all() for t in lines)
     names = {t["name"] for t in comparison["data"] if t.get("mode") == "lines+markers"}
     assert len(names) == 2 and any(str(tiny_dirs["gpt2"]) in n for n in names)  # one clean line per model
     table = at.dataframe[0].value
@@ -32,8 +31,8 @@ def test_concept_depth_page_probes_two_models_with_noise(app, tiny_dirs):  # noq
     assert table["concept depth (block)"].between(0, 2).all()
 
 
-def test_concept_depth_page_without_tasks_says_what_to_do(app, tiny_dirs):  # noqa: F811
-    at = _open(app, "app_pages/concept_depth.py", str(tiny_dirs["gpt2"]))
+def test_concept_depth_page_without_tasks_says_what_to_do(app, tiny_dirs):
+    at = open_page(app, "app_pages/concept_depth.py", str(tiny_dirs["gpt2"]))
     at.multiselect(key="cd_tasks").set_value([])
     at.button(key=SUBMIT).click().run()
     assert not at.exception

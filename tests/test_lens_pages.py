@@ -8,35 +8,28 @@ import time
 import pytest
 
 import ui
-from tests.test_pages import _decode, app  # noqa: F401  (the app fixture)
+from tests.page_helpers import decode_plotly, open_page
 
 
-def _open(at, page: str, model: str):
-    at.switch_page(page).run()
-    at.selectbox(key="model_choice").set_value(ui.OTHER).run()
-    at.text_input(key="model_custom").input(model).run()
-    return at
-
-
-def test_depth_use_page(app, tiny_dirs):  # noqa: F811
-    at = _open(app, "app_pages/depth_use.py", str(tiny_dirs["llama"]))
+def test_depth_use_page(app, tiny_dirs):
+    at = open_page(app, "app_pages/depth_use.py", str(tiny_dirs["llama"]))
     at.text_area(key="du_prompt").input("The capital of France is")
     at.button[0].click().run()
     assert not at.exception and not at.error
     contrib, skip = (json.loads(chart.proto.spec)["data"] for chart in at.get("plotly_chart"))
-    assert len(_decode(contrib[0]["y"])) == 3  # one value per block of the tiny model
-    assert (_decode(skip[0]["y"]) > 0).all()  # skipping any block changes the output
+    assert len(decode_plotly(contrib[0]["y"])) == 3  # one value per block of the tiny model
+    assert (decode_plotly(skip[0]["y"]) > 0).all()  # skipping any block changes the output
 
 
-def test_latent_language_page_reports_no_usable_words(app, tiny_dirs):  # noqa: F811
-    at = _open(app, "app_pages/latent_language.py", str(tiny_dirs["gpt2"]))
+def test_latent_language_page_reports_no_usable_words(app, tiny_dirs):
+    at = open_page(app, "app_pages/latent_language.py", str(tiny_dirs["gpt2"]))
     at.button[0].click().run()
     assert not at.exception
     assert "single token" in at.error[0].value  # the tiny tokenizer knows no French words
 
 
-def test_tuned_lens_page_trains_and_compares(app, tiny_dirs):  # noqa: F811
-    at = _open(app, "app_pages/tuned_lens.py", str(tiny_dirs["llama"]))
+def test_tuned_lens_page_trains_and_compares(app, tiny_dirs):
+    at = open_page(app, "app_pages/tuned_lens.py", str(tiny_dirs["llama"]))
     at.number_input(key="tl_chunk").set_value(32)
     at.number_input(key="tl_steps").set_value(3)
     at.button(key="tl_start").click().run()
@@ -57,8 +50,8 @@ def test_tuned_lens_page_trains_and_compares(app, tiny_dirs):  # noqa: F811
     assert "trained 3 steps" in held_out["layout"]["title"]["text"]
 
 
-def test_tuned_lens_compare_before_training_is_a_clear_error(app, tiny_dirs):  # noqa: F811
-    at = _open(app, "app_pages/tuned_lens.py", str(tiny_dirs["gpt2"]))
+def test_tuned_lens_compare_before_training_is_a_clear_error(app, tiny_dirs):
+    at = open_page(app, "app_pages/tuned_lens.py", str(tiny_dirs["gpt2"]))
     at.button(key="FormSubmitter:tl_compare-Compare lenses").click().run()
     assert not at.exception
     assert any("not been trained" in e.value for e in at.error)

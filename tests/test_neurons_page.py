@@ -6,26 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
-import ui
-from tests.test_pages import _decode
+from tests.page_helpers import decode_plotly, open_page
 from workbench.analyses.neurons import CLASS_NAMES
-from workbench.config import PROJECT_ROOT
 
 
 @pytest.fixture
-def page(tmp_path, monkeypatch, tiny_dirs):
-    monkeypatch.setenv("LAYERLENS_CACHE_DIR", str(tmp_path / "cache"))
-    st.cache_resource.clear()
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
-    at.run()
-    at.switch_page("app_pages/neurons.py").run()
-    at.selectbox(key="model_choice").set_value(ui.OTHER).run()
-    at.text_input(key="model_custom").input(str(tiny_dirs["llama"])).run()
-    yield at
-    st.cache_resource.clear()
+def page(app, tiny_dirs):
+    return open_page(app, "app_pages/neurons.py", str(tiny_dirs["llama"]))
 
 
 def test_classes_and_explorer(page):
@@ -36,7 +24,7 @@ def test_classes_and_explorer(page):
     assert len(specs) == 3
     bars = specs[0]["data"]
     assert {b["name"] for b in bars} <= set(CLASS_NAMES)
-    total = sum(_decode(b["y"]) for b in bars)
+    total = sum(decode_plotly(b["y"]) for b in bars)
     np.testing.assert_allclose(total, 1.0, atol=1e-9)  # stacked shares fill every layer
     assert len(total) == 3  # the tiny model's three layers
 
@@ -50,7 +38,7 @@ def test_classes_and_explorer(page):
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert len(specs) == 5  # 3 class charts + vocabulary projection + effect
     effect = specs[-1]["data"]
-    assert effect[0]["name"] == "clean" and len(_decode(effect[0]["y"])) == 5
+    assert effect[0]["name"] == "clean" and len(decode_plotly(effect[0]["y"])) == 5
     contexts = at.dataframe[-1].value
     assert len(contexts) == 8 and (np.diff(np.abs(contexts["activation"].to_numpy())) <= 1e-4).all()
 

@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
-import numpy as np
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-import ui
-from workbench.config import PROJECT_ROOT
-
-
-@pytest.fixture
-def app(tmp_path, monkeypatch):
-    monkeypatch.setenv("LAYERLENS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("LAYERLENS_MODELS_DIR", str(PROJECT_ROOT / "cache" / "models"))  # converted once
-    st.cache_resource.clear()
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)  # a first run may convert a model
-    at.run()
-    yield at
-    st.cache_resource.clear()
+from tests.page_helpers import decode_plotly, open_page
 
 
 def _pick_model(at: AppTest, name: str) -> AppTest:
-    at.switch_page("app_pages/logit_lens.py").run()
-    at.selectbox(key="model_choice").set_value(ui.OTHER).run()
-    at.text_input(key="model_custom").input(name).run()
-    return at
-
-
-def _decode(value):
-    """plotly 7 encodes arrays as {dtype, bdata, shape}."""
-    if isinstance(value, dict) and "bdata" in value:
-        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        return array.reshape([int(s) for s in str(value.get("shape", len(array))).split(",")])
-    return np.asarray(value)
+    return open_page(at, "app_pages/logit_lens.py", name)
 
 
 def test_home_page_lists_default_model(app):
@@ -55,12 +29,12 @@ def test_logit_lens_page_draws_heatmap(app, tiny_dirs):
     charts = at.get("plotly_chart")
     assert len(charts) == 2
     heatmap = json.loads(charts[0].proto.spec)["data"][0]
-    z = _decode(heatmap["z"])
+    z = decode_plotly(heatmap["z"])
     n_tokens = 5  # "The| capital| of| France| is" in the tiny tokenizer
     assert z.shape == (3 + 1, n_tokens)  # embed + 3 blocks
     assert ((z >= 0) & (z <= 1)).all()
     curves = json.loads(charts[1].proto.spec)["data"]
-    assert _decode(curves[0]["y"])[-1] == pytest.approx(0.0, abs=1e-6)  # KL at the last layer
+    assert decode_plotly(curves[0]["y"])[-1] == pytest.approx(0.0, abs=1e-6)  # KL at the last layer
 
 
 def test_empty_prompt_shows_error_not_traceback(app, tiny_dirs):

@@ -6,29 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
-import ui
-from tests.test_pages import _decode
-from workbench.config import PROJECT_ROOT
+from tests.page_helpers import decode_plotly, open_page
 
 
-@pytest.fixture
-def app(tmp_path, monkeypatch):
-    monkeypatch.setenv("LAYERLENS_CACHE_DIR", str(tmp_path / "cache"))
-    st.cache_resource.clear()
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
-    at.run()
-    yield at
-    st.cache_resource.clear()
-
-
-def _patching_page(at: AppTest, name: str) -> AppTest:
-    at.switch_page("app_pages/patching.py").run()
-    at.selectbox(key="model_choice").set_value(ui.OTHER).run()
-    at.text_input(key="model_custom").input(name).run()
-    return at
+def _patching_page(at, name: str):
+    return open_page(at, "app_pages/patching.py", name)
 
 
 def test_patching_page_draws_three_maps_per_component(app, tiny_dirs):
@@ -39,7 +22,7 @@ def test_patching_page_draws_three_maps_per_component(app, tiny_dirs):
     assert len(charts) == 4  # resid, attn, mlp, heads
     resid = json.loads(charts[0].proto.spec)["data"]
     assert len(resid) == 3  # activation patching | AtP | RelP side by side
-    maps = [_decode(trace["z"]) for trace in resid]
+    maps = [decode_plotly(trace["z"]) for trace in resid]
     assert all(m.shape == maps[0].shape for m in maps) and maps[0].shape[0] == 3  # 3 layers
     swapped = int(np.argmax(np.abs(maps[0][0])))
     assert maps[0][0, swapped] == pytest.approx(1.0, abs=1e-3)  # block-0 patch at the swapped name restores m
