@@ -8,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.page_helpers import decode_plotly, open_page
+from workbench.config import PROJECT_ROOT
 
 
 def _pick_model(at: AppTest, name: str) -> AppTest:
@@ -59,3 +60,10 @@ def test_multi_token_target_shows_error(app, tiny_dirs):
     at.button[0].click().run()
     assert not at.exception
     assert "not one" in at.error[0].value
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in (PROJECT_ROOT / "app_pages").glob("*.py")))
+def test_every_page_opens_on_the_default_model_without_computing(app, page):
+    at = app.switch_page(f"app_pages/{page}").run()
+    assert not at.exception and not at.error
+    assert at.title and at.selectbox(key="model_choice").value == "smollm2-135m"
