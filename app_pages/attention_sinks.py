@@ -45,12 +45,10 @@ with probe_tab:
         req_model, req_prompt, req_thresholds = st.session_state["sk_request"]
         wb = ui.workbench()
 
-        def run_probe():
-            request = SinkProbeRequest(prompt=req_prompt, **req_thresholds)
-            with ui.progress(f"Sink probe on {req_model}") as report:
-                return wb.attention_sinks(req_model, request, report)
-
-        result = ui.guarded(run_probe)
+        result = ui.compute(
+            f"Sink probe on {req_model}",
+            lambda report: wb.attention_sinks(req_model, SinkProbeRequest(prompt=req_prompt, **req_thresholds), report),
+        )
         if result is not None:
             first = "the tokenizer's BOS" if result.first_is_bos else "the first real token (no BOS added)"
             st.markdown(
@@ -92,12 +90,10 @@ with batch_tab:
         req_model, req_prompts, req_thresholds = st.session_state["lv_request"]
         wb = ui.workbench()
 
-        def run_levels():
-            request = SinkLevelsRequest(prompts=req_prompts, **req_thresholds)
-            with ui.progress(f"Sink levels on {req_model}") as report:
-                return wb.sink_levels(req_model, request, report)
-
-        levels = ui.guarded(run_levels)
+        levels = ui.compute(
+            f"Sink levels on {req_model}",
+            lambda report: wb.sink_levels(req_model, SinkLevelsRequest(prompts=req_prompts, **req_thresholds), report),
+        )
         if levels is not None:
             st.markdown(
                 f"{len(levels.prompt_secondary_count)} prompts; mean fraction of (layer, head) sinking on "

@@ -29,11 +29,7 @@ if "du_request" in st.session_state:
     req_model, request = st.session_state["du_request"]
     wb = ui.workbench()
 
-    def run():
-        with ui.progress(f"Depth use on {req_model}") as report:
-            return wb.depth_use(req_model, request, report)
-
-    result = ui.guarded(run)
+    result = ui.compute(f"Depth use on {req_model}", lambda report: wb.depth_use(req_model, request, report))
     if result is not None:
         st.plotly_chart(figures.contributions(result), key="du_contrib")
         st.plotly_chart(figures.skip_effects(result), key="du_skip")

@@ -36,12 +36,10 @@ if "lat_request" in st.session_state:
     req_model, fields = st.session_state["lat_request"]
     wb = ui.workbench()
 
-    def run():
-        request = LatentLanguageRequest(**fields)
-        with ui.progress(f"Latent language on {req_model}") as report:
-            return wb.latent_language(req_model, request, report)
-
-    result = ui.guarded(run)
+    result = ui.compute(
+        f"Latent language on {req_model}",
+        lambda report: wb.latent_language(req_model, LatentLanguageRequest(**fields), report),
+    )
     if result is not None:
         only_correct = st.checkbox("Only prompts the model answers correctly", key="lat_only_correct")
         st.plotly_chart(figures.probabilities(result, only_correct), key="lat_chart")

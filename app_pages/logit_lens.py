@@ -30,12 +30,12 @@ if "ll_request" in st.session_state:
     req_model, req_prompt, req_target, req_top_k = st.session_state["ll_request"]
     wb = ui.workbench()
 
-    def run():
-        request = LogitLensRequest(prompt=req_prompt, target=req_target, top_k=req_top_k)
-        with ui.progress(f"Logit lens on {req_model}") as report:
-            return wb.logit_lens(req_model, request, report)
-
-    result = ui.guarded(run)
+    result = ui.compute(
+        f"Logit lens on {req_model}",
+        lambda report: wb.logit_lens(
+            req_model, LogitLensRequest(prompt=req_prompt, target=req_target, top_k=req_top_k), report
+        ),
+    )
     if result is not None:
         st.plotly_chart(figures.heatmap(result), key="ll_heatmap")
         st.plotly_chart(figures.layer_curves(result), key="ll_curves")

@@ -33,11 +33,9 @@ if "nc_request" in st.session_state:
     req_model, req_fold = st.session_state["nc_request"]
     class_request = NeuronClassRequest(fold_norm=req_fold)
 
-    def run_classes():
-        with ui.progress(f"Neuron classes of {req_model}") as report:
-            return wb.neuron_classes(req_model, class_request, report)
-
-    classes = ui.guarded(run_classes)
+    classes = ui.compute(
+        f"Neuron classes of {req_model}", lambda report: wb.neuron_classes(req_model, class_request, report)
+    )
     if classes is not None:
         st.plotly_chart(figures.class_fractions(classes), key="nc_fractions")
         st.plotly_chart(figures.class_fractions(classes, include_orthogonal=False), key="nc_fractions_no_orth")
@@ -63,18 +61,22 @@ with right.form("neuron_token_search"):
     by_token = st.form_submit_button("Search by top token")
 if by_class:
     request = NeuronClassRequest(fold_norm=bool(st.session_state.get("nc_fold", False)))
-    rows = ui.guarded(lambda: wb.neurons_of_class(
-        model_name, request, class_name, None if only_layer < 0 else int(only_layer)))
+    rows = ui.guarded(
+        lambda: wb.neurons_of_class(model_name, request, class_name, None if only_layer < 0 else int(only_layer))
+    )
     if rows is not None:
-        st.dataframe([{"layer": la, "neuron": n, "cos(w_in, w_out)": round(c, 3)} for la, n, c in rows],
-                     key="ns_class_rows")
+        st.dataframe(
+            [{"layer": la, "neuron": n, "cos(w_in, w_out)": round(c, 3)} for la, n, c in rows], key="ns_class_rows"
+        )
         if not rows:
             st.info(f"No {class_name} neurons here.")
 if by_token:
     rows = ui.guarded(lambda: wb.neuron_search_token(model_name, token))
     if rows is not None:
-        st.dataframe([{"layer": la, "neuron": n, "cos(w_out, W_U[token])": round(c, 3)} for la, n, c in rows],
-                     key="ns_token_rows")
+        st.dataframe(
+            [{"layer": la, "neuron": n, "cos(w_out, W_U[token])": round(c, 3)} for la, n, c in rows],
+            key="ns_token_rows",
+        )
 
 # ---------------------------------------------------------------------- explorer
 st.header("Neuron explorer")
@@ -87,8 +89,15 @@ with st.form("neuron_explorer_form"):
     prompt = st.text_area("Prompt for the causal check", "The capital of France is", key="ne_prompt")
     explore = st.form_submit_button("Explore neuron", type="primary")
 if explore:
-    st.session_state["ne_request"] = (model_name, int(layer), int(neuron), float(factor), prompt,
-                                      bool(with_contexts), bool(st.session_state.get("nc_fold", False)))
+    st.session_state["ne_request"] = (
+        model_name,
+        int(layer),
+        int(neuron),
+        float(factor),
+        prompt,
+        bool(with_contexts),
+        bool(st.session_state.get("nc_fold", False)),
+    )
 
 if "ne_request" in st.session_state:
     req_model, req_layer, req_neuron, req_factor, req_prompt, req_ctx, req_fold = st.session_state["ne_request"]
@@ -98,36 +107,52 @@ if "ne_request" in st.session_state:
 
     vocab = ui.guarded(run_vocab)
     if vocab is not None:
-        gate = "" if vocab.cos_gate_out != vocab.cos_gate_out else (  # nan: not gated
-            f", cos(gate, out) = {vocab.cos_gate_out:.3f}, cos(gate, in) = {vocab.cos_gate_in:.3f}")
+        gate = (
+            ""
+            if vocab.cos_gate_out != vocab.cos_gate_out
+            # nan: not gated
+            else (f", cos(gate, out) = {vocab.cos_gate_out:.3f}, cos(gate, in) = {vocab.cos_gate_in:.3f}")
+        )
         st.subheader(f"Layer {vocab.layer}, neuron {vocab.neuron}: {vocab.class_name}")
-        st.write(f"cos(in, out) = {vocab.cos_in_out:.3f}{gate}"
-                 + (" (w_in and w_out sign-flipped)" if vocab.flipped else ""))
+        st.write(
+            f"cos(in, out) = {vocab.cos_in_out:.3f}{gate}" + (" (w_in and w_out sign-flipped)" if vocab.flipped else "")
+        )
         st.plotly_chart(figures.vocab_projection(vocab), key="ne_vocab")
 
-        def run_effect():
-            request = NeuronEffectRequest(req_prompt, req_layer, req_neuron, factor=req_factor)
-            with ui.progress("Causal check") as report:
-                return wb.neuron_effect(req_model, request, report)
-
-        effect = ui.guarded(run_effect)
+        effect = ui.compute(
+            "Causal check",
+            lambda report: wb.neuron_effect(
+                req_model, NeuronEffectRequest(req_prompt, req_layer, req_neuron, factor=req_factor), report
+            ),
+        )
         if effect is not None:
             st.plotly_chart(figures.effect(effect), key="ne_effect")
-            st.caption("Top tokens with the neuron scaled: " + ", ".join(
-                f"{display_token(t)} {p:.3f}" for t, p in zip(effect.scaled_top_tokens, effect.scaled_top_probs,
-                                                               strict=True)))
+            st.caption(
+                "Top tokens with the neuron scaled: "
+                + ", ".join(
+                    f"{display_token(t)} {p:.3f}"
+                    for t, p in zip(effect.scaled_top_tokens, effect.scaled_top_probs, strict=True)
+                )
+            )
         if req_ctx:
-            def run_contexts():
-                with ui.progress("Top contexts over the bundled corpus") as report:
-                    return wb.neuron_contexts(req_model, progress=report)
-
-            contexts = ui.guarded(run_contexts)
+            contexts = ui.compute(
+                "Top contexts over the bundled corpus", lambda report: wb.neuron_contexts(req_model, progress=report)
+            )
             if contexts is not None:
-                st.caption("Strongest activations (either sign) of this neuron over the bundled corpus, "
-                           f"{contexts.chunk_tokens.shape[0]} chunks of {contexts.chunk_tokens.shape[1]} tokens.")
+                st.caption(
+                    "Strongest activations (either sign) of this neuron over the bundled corpus, "
+                    f"{contexts.chunk_tokens.shape[0]} chunks of {contexts.chunk_tokens.shape[1]} tokens."
+                )
                 st.dataframe(
-                    [{"activation": round(v, 4), "before": display_token(b) if b else "", "token": display_token(t),
-                      "after": a} for v, b, t, a in contexts_of(contexts, req_layer, req_neuron)],
+                    [
+                        {
+                            "activation": round(v, 4),
+                            "before": display_token(b) if b else "",
+                            "token": display_token(t),
+                            "after": a,
+                        }
+                        for v, b, t, a in contexts_of(contexts, req_layer, req_neuron)
+                    ],
                     key="ne_contexts",
                 )
 else:

@@ -51,12 +51,12 @@ with one_pair:
         req_model, req_clean, req_corrupted, req_answer, req_wrong, req_rules = st.session_state["pt_request"]
         wb = ui.workbench()
 
-        def run_pair():
-            request = PatchingRequest(req_clean, req_corrupted, req_answer, req_wrong, **req_rules)
-            with ui.progress(f"Patching on {req_model}") as report:
-                return wb.patching(req_model, request, report)
-
-        result = ui.guarded(run_pair)
+        result = ui.compute(
+            f"Patching on {req_model}",
+            lambda report: wb.patching(
+                req_model, PatchingRequest(req_clean, req_corrupted, req_answer, req_wrong, **req_rules), report
+            ),
+        )
         if result is not None:
             st.caption(
                 f"Seconds: activation patching {result.seconds_act:.1f}, AtP {result.seconds_atp:.2f}, "
@@ -81,12 +81,12 @@ with scoreboard:
         req_model, req_pairs, req_seed, req_top_k, req_rules = st.session_state["pf_request"]
         wb = ui.workbench()
 
-        def run_scoreboard():
-            request = FaithfulnessRequest(n_pairs=req_pairs, seed=req_seed, top_k=req_top_k, **req_rules)
-            with ui.progress(f"Faithfulness over {req_pairs} IOI pairs on {req_model}") as report:
-                return wb.patching_faithfulness(req_model, request, report)
-
-        result = ui.guarded(run_scoreboard)
+        result = ui.compute(
+            f"Faithfulness over {req_pairs} IOI pairs on {req_model}",
+            lambda report: wb.patching_faithfulness(
+                req_model, FaithfulnessRequest(n_pairs=req_pairs, seed=req_seed, top_k=req_top_k, **req_rules), report
+            ),
+        )
         if result is not None:
             left, right = st.columns(2)
             left.plotly_chart(figures.correlation_table(result, "pearson"), key="pf_pearson")

@@ -67,11 +67,10 @@ if submitted:
 if "tl_request" in st.session_state:
     req_model, req_prompt, req_target, req_eval, req_config = st.session_state["tl_request"]
 
-    def run():
-        with ui.progress(f"Comparing lenses on {req_model}") as report:
-            return wb.compare_lenses(req_model, req_prompt, req_target, req_config, req_eval, report)
-
-    result = ui.guarded(run)
+    result = ui.compute(
+        f"Comparing lenses on {req_model}",
+        lambda report: wb.compare_lenses(req_model, req_prompt, req_target, req_config, req_eval, report),
+    )
     if result is not None:
         st.plotly_chart(figures.held_out(result), key="tl_held_out")
         st.plotly_chart(figures.trajectory(result), key="tl_trajectory")

@@ -85,6 +85,16 @@ def progress(label: str) -> Iterator[Callable[[float | None, str], None]]:
     status.update(state="complete", label=f"{label}: done")
 
 
+def compute(label: str, call: Callable[[Callable[[float | None, str], None]], T]) -> T | None:
+    """Run ``call(report)`` under a progress box labelled ``label``; errors become messages."""
+
+    def run() -> T:
+        with progress(label) as report:
+            return call(report)
+
+    return guarded(run)
+
+
 def guarded(action: Callable[[], T]) -> T | None:
     """Run a backend call; show its error as a message instead of a traceback."""
     try:
