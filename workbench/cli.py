@@ -20,7 +20,10 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     """Every command's registrar (imported here so ``--help`` lists them all)."""
-    return []
+    from workbench import cli_export
+    from workbench.store import admin
+
+    return [cli_export.register_all, admin.add_cache_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

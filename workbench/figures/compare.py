@@ -1,0 +1,42 @@
+"""Figures for comparing models: per-layer summaries of any analyses on normalised depth l/L,
+one panel per metric, one colour per model (see ``workbench.summaries`` for the depth convention)."""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.figures import LINE_COLORS
+from workbench.summaries import LayerSummary
+
+DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+def summary_overlay(rows: list[LayerSummary], title: str = "") -> go.Figure:
+    """Every summary on one depth axis: a panel per metric, a line per model."""
+    metrics = list(dict.fromkeys(r.metric for r in rows))
+    models = list(dict.fromkeys(r.model_name for r in rows))
+    cols = min(3, max(1, len(metrics)))
+    n_rows = max(1, math.ceil(len(metrics) / cols))
+    fig = make_subplots(rows=n_rows, cols=cols, subplot_titles=metrics or [""], horizontal_spacing=0.07,
+                        vertical_spacing=0.5 / n_rows)
+    for row in rows:
+        index = metrics.index(row.metric)
+        model = models.index(row.model_name)
+        fig.add_trace(go.Scatter(
+            x=row.depth, y=row.values, mode="lines+markers", name=row.model_name, legendgroup=row.model_name,
+            showlegend=index == 0, marker={"size": 4},
+            line={"color": LINE_COLORS[model % len(LINE_COLORS)], "dash": DASHES[model // len(LINE_COLORS) % 4]},
+            customdata=list(row.layer_labels),
+            hovertemplate=f"{row.model_name}<br>layer %{{customdata}} (l/L=%{{x:.2f}})<br>%{{y:.4g}}<extra></extra>",
+        ), row=index // cols + 1, col=index % cols + 1)
+        if "rank" in row.metric:
+            fig.update_yaxes(type="log", autorange="reversed", row=index // cols + 1, col=index % cols + 1)
+    fig.update_xaxes(title_text="normalised depth l/L", range=[-0.02, 1.02], dtick=0.25)
+    fig.update_layout(title=title or "Per-layer summaries on normalised depth", height=320 * n_rows + 80,
+                      legend={"orientation": "h", "y": -0.12 if n_rows == 1 else -0.06},
+                      margin={"l": 50, "r": 20, "t": 80, "b": 60})
+    fig.update_annotations(font_size=12)
+    return fig
