@@ -17,6 +17,7 @@ from workbench.errors import BadAnswer, BadPrompt
 from workbench.models.loader import LoadedModel
 
 _ALLOWED_CONTROL = {"\n", "\t", "\r"}
+MAX_ANSWER_CHARS = 200  # far longer than any vocabulary entry; stops huge "tokens" before the tokenizer
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ def _is_binary(char: str) -> bool:
 def encode(model: LoadedModel, prompt: object, settings: Settings) -> EncodedPrompt:
     text = check_text(prompt, settings)
     ids = model.tokenizer(text, return_tensors="pt").input_ids[0]
+    if len(ids) == 0:
+        raise BadPrompt(f"The prompt gives no tokens at all for {model.name}; type some ordinary text.")
     limit = min(settings.max_prompt_tokens, model.info.max_positions or settings.max_prompt_tokens)
     if len(ids) > limit:
         raise BadPrompt(
@@ -69,9 +72,18 @@ def single_token_id(model: LoadedModel, answer: object) -> int:
     """The id of ``answer`` if it is exactly one token (no special tokens added)."""
     if not isinstance(answer, str) or answer == "":
         raise BadAnswer("The target token is empty. Type a single token, e.g. ' Paris'.")
+    if len(answer) > MAX_ANSWER_CHARS:
+        raise BadAnswer(
+            f"The target token has {len(answer):,} characters, not one token (at most {MAX_ANSWER_CHARS}). "
+            "Type a single token, e.g. ' Paris'."
+        )
+    bad = sorted({c for c in answer if _is_binary(c)})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        raise BadAnswer(f"The target token contains control or binary characters ({shown}); remove them.")
     ids = model.tokenizer(answer, add_special_tokens=False).input_ids
     if len(ids) != 1:
-        pieces = " + ".join(repr(s) for s in token_strings(model, ids))
+        pieces = " + ".join(repr(s) for s in token_strings(model, ids[:8])) + (" + ..." if len(ids) > 8 else "")
         raise BadAnswer(
             f"{answer!r} is {len(ids)} tokens for {model.name} ({pieces}), not one. "
             "Pick a single-token answer (mind the leading space)."

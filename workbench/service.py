@@ -40,7 +40,7 @@ from workbench.analyses import (
     tuned_lens,
 )
 from workbench.config import Settings, load_settings
-from workbench.errors import BadRequest
+from workbench.errors import BadPrompt, BadRequest
 from workbench.lens_training import LensTrainer, TrainingStatus, checkpoint_path, saved_status
 from workbench.models import catalog, loader
 from workbench.models.catalog import LocalModel
@@ -86,7 +86,12 @@ class Workbench:
         with self._lock_for(local.name):
             if local.name not in self._loaded:
                 progress(None, f"Loading {local.name}")
-                self._loaded[local.name] = loader.load(local, self.settings)
+                try:
+                    self._loaded[local.name] = loader.load(local, self.settings)
+                except Exception:
+                    with self._registry_lock:  # a fixed directory is re-read (and re-digested) next time
+                        self._local.pop(local.name, None)
+                    raise
             return self._loaded[local.name]
 
     def _lock_for(self, name: str) -> threading.Lock:
@@ -176,8 +181,7 @@ class Workbench:
         self, model_name: str, request: sink_levels.SinkLevelsRequest, progress: Progress = _silent
     ) -> sink_levels.SinkLevelsResult:
         """The sink probe over a prompt set (each probe cached on its own), secondary sinks collected."""
-        for text in request.prompts:
-            prompts.check_text(text, self.settings)
+        _check_texts(request.prompts, "Prompt", self.settings)
         local = self.local_model(model_name, progress)
 
         def compute() -> sink_levels.SinkLevelsResult:
@@ -276,7 +280,10 @@ class Workbench:
 
     def next_token_distribution(self, model_name: str, prompt: str, k: int = 5) -> list[tuple[str, float]]:
         """The model's own top-k next tokens for ``prompt`` (a plain forward pass)."""
+        prompts.check_text(prompt, self.settings)
         model = self.model(model_name)
+        if not isinstance(k, int) or not 1 <= k <= model.info.vocab_size:
+            raise BadRequest(f"k must be a whole number between 1 and {model.info.vocab_size}, got {k!r}.")
         encoded = prompts.encode(model, prompt, self.settings)
         probs = torch.softmax(tracing.forward_logits(model, encoded.ids)[-1].double(), -1)
         top = probs.topk(k)
@@ -368,6 +375,8 @@ class Workbench:
 
     def ioi_pairs(self, model_name: str, n_pairs: int, seed: int = 0) -> list[prompt_pairs.PromptPair]:
         """IOI clean/corrupted pairs whose names are single tokens for this model."""
+        if not isinstance(n_pairs, int) or n_pairs < 1:
+            raise BadRequest(f"Ask for at least one IOI pair, got {n_pairs!r}.")
         return prompt_pairs.ioi_pairs(self.model(model_name), n_pairs, seed, self.settings)
 
     def patching_faithfulness(
@@ -401,8 +410,7 @@ class Workbench:
         batch_size: int = 16,
     ) -> concept_depth.ConceptDepthResult:
         """Layer-wise linear probes of one labelled dataset (Jin et al.); representations are cached."""
-        for text in request.texts:
-            prompts.check_text(text, self.settings)
+        _check_texts(request.texts, "Text", self.settings)
         local = self.local_model(model_name, progress)
 
         def compute() -> concept_depth.ConceptDepthResult:
@@ -446,6 +454,15 @@ class Workbench:
                 raise BadRequest(f"Text {index + 1} is {len(seq)} tokens long; with room for noise tokens the "
                                  f"limit is {limit - concept_depth.MAX_NOISE_TOKENS} tokens. Shorten it.")
         return sequences
+
+
+def _check_texts(texts, what: str, settings: Settings) -> None:
+    """``prompts.check_text`` on each of a set of texts; the message says which one is bad."""
+    for index, text in enumerate(texts):
+        try:
+            prompts.check_text(text, settings)
+        except BadPrompt as exc:
+            raise BadPrompt(f"{what} {index + 1} of {len(texts)}: {exc}") from exc
 
 
 def _noise_vocabulary(model: LoadedModel) -> list[int]:

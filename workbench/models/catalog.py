@@ -112,25 +112,43 @@ def catalog_names() -> list[str]:
 
 def resolve(name: str) -> CatalogEntry:
     """Map a catalog name, a local directory or a hub id to a catalog entry."""
+    if name is not None and not isinstance(name, str):
+        raise UnknownModel(f"The model name must be text, not {type(name).__name__}.")
     name = (name or "").strip()
     if not name:
         raise UnknownModel("No model given. Pick one of: " + ", ".join(CATALOG) + ".")
     if name in CATALOG:
         return CATALOG[name]
     path = Path(name).expanduser()
-    if path.is_absolute() or name.startswith((".", "~")) or path.exists():
-        if not (path / "config.json").is_file():
+    try:
+        looks_local = path.is_absolute() or name.startswith((".", "~")) or path.exists()
+        has_config = looks_local and (path / "config.json").is_file()
+        resolved = path.resolve() if has_config else path
+    except (OSError, ValueError) as exc:  # e.g. a name longer than the file system allows
+        raise UnknownModel(
+            f"{shown_name(name)} is not a usable model name or directory ({getattr(exc, 'strerror', None) or exc}). "
+            f"Catalog models: {', '.join(CATALOG)}."
+        ) from exc
+    if looks_local:
+        if not has_config:
             raise UnknownModel(
-                f"'{name}' is not a HuggingFace model directory (no config.json there). "
+                f"{shown_name(name)} is not a HuggingFace model directory (no config.json there). "
                 f"Catalog models: {', '.join(CATALOG)}."
             )
-        return CatalogEntry(name=str(path.resolve()), label=path.name, source=LocalDirectory(path.resolve()))
-    if name.count("/") == 1 and all(name.split("/")):
+        return CatalogEntry(name=str(resolved), label=path.name, source=LocalDirectory(resolved))
+    if name.count("/") == 1 and all(name.split("/")) and name.isprintable():
         return CatalogEntry(name=name, label=name, source=HubRepo(name))
     raise UnknownModel(
-        f"Unknown model '{name}'. Use a catalog name ({', '.join(CATALOG)}), "
+        f"Unknown model {shown_name(name)}. Use a catalog name ({', '.join(CATALOG)}), "
         "the path of a local HuggingFace model directory, or a hub id like 'org/model'."
     )
+
+
+def shown_name(name: str, limit: int = 120) -> str:
+    """``name`` quoted for a message: control and invalid characters escaped, long names cut."""
+    cut = name if len(name) <= limit else name[:limit]
+    text = repr(cut)
+    return text if cut is name else f"{text}... ({len(name):,} characters)"
 
 
 def materialize(entry: CatalogEntry, settings: Settings, progress: Progress = _silent) -> LocalModel:
@@ -257,7 +275,7 @@ def _download(source: HubRepo, settings: Settings, progress: Progress) -> Path:
         pass  # not in the local HF cache: download if allowed
     if not settings.allow_hub:
         raise UnknownModel(
-            f"'{source.repo_id}' is not a catalog model or local directory, and hub downloads are "
+            f"{shown_name(source.repo_id)} is not a catalog model or local directory, and hub downloads are "
             "off. Set LAYERLENS_ALLOW_HUB=1 (and be online) to download it."
         )
     progress(None, f"Downloading {source.repo_id} from the hub")

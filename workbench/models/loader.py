@@ -115,6 +115,7 @@ def load(local: LocalModel, settings: Settings) -> LoadedModel:
     from nnsight import TransformersModel
 
     spec = adapter.spec_for_model_type(_read_model_type(local))
+    _check_files(local)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     try:
@@ -131,10 +132,11 @@ def load(local: LocalModel, settings: Settings) -> LoadedModel:
     except UnsupportedArchitecture:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"Could not load the model in {local.path}: {exc}") from exc
+        raise ModelLoadError(f"Could not load the model in {local.path}: {_load_failure(exc)}") from exc
     hf_model = lm._module
     hf_model.eval()
     adapter.validate(spec, hf_model, hf_model.config.model_type)
+    _check_complete_weights(hf_model, local)
     _check_tied_unembedding(hf_model, spec, local)
     n_layers = len(hf_model.get_submodule(spec.layers))
     return LoadedModel(
@@ -166,3 +168,56 @@ def _device(settings: Settings) -> str:
     if settings.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return settings.device
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "tekken.json")
+
+
+def _check_files(local: LocalModel) -> None:
+    """A directory without weights or tokenizer fails here, with a message naming what is missing."""
+    names = {p.name for p in local.path.iterdir() if p.is_file()}
+    if not any(name.endswith(WEIGHT_SUFFIXES) for name in names):
+        raise ModelLoadError(
+            f"{local.path} has a config.json but no weights (model.safetensors or pytorch_model.bin). "
+            "Copy the weight files into the directory, or save the model there with save_pretrained."
+        )
+    if not names.intersection(TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{local.path} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ...). "
+            "Save the model's tokenizer into the same directory (tokenizer.save_pretrained)."
+        )
+
+
+def _load_failure(exc: Exception) -> str:
+    """The useful last line of a transformers loading error (it can embed whole tracebacks)."""
+    text = str(exc)
+    if "ignore_mismatched_sizes" in text or "size mismatch" in text:
+        return ("some weight shapes do not match config.json (hidden size, vocabulary size, ...): "
+                "the config and the weights belong to different models.")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(exc).__name__
+
+
+def _check_complete_weights(hf_model: torch.nn.Module, local: LocalModel) -> None:
+    """Every parameter the config asks for must come from the safetensors files; transformers would
+    otherwise initialise the missing ones at random (e.g. a config with more layers than the weights)."""
+    files = sorted(local.path.glob("*.safetensors"))
+    if not files:
+        return  # .bin checkpoints: names are not readable without loading them
+    from safetensors import safe_open
+
+    stored: set[str] = set()
+    for path in files:
+        with safe_open(str(path), "pt") as handle:
+            stored.update(handle.keys())
+    expected = set(hf_model.state_dict())
+    tied = set(getattr(hf_model, "all_tied_weights_keys", None) or {})
+    missing = sorted(expected - stored - tied)
+    if missing and len(expected & stored) * 2 >= len(expected):  # same naming scheme, some tensors absent
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ModelLoadError(
+            f"{local.path} lacks {len(missing)} weight tensor(s) that its config.json asks for ({shown}); "
+            "they would be random. The weights are incomplete or belong to a different config "
+            "(check num_hidden_layers and the other sizes)."
+        )
