@@ -10,6 +10,7 @@ Environment variables (all optional):
     LAYERLENS_THREADS       torch intra-op threads (default: torch's own choice)
     LAYERLENS_MAX_TOKENS    longest prompt accepted, in tokens (default 256)
     LAYERLENS_ALLOW_HUB     ``1`` lets hub ids be downloaded (default ``0``: offline)
+    LAYERLENS_CACHE_MAX_MB  size limit of the cache's stored data in MB (default 2048; ``0``: no limit)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Settings:
     max_prompt_tokens: int = 256
     max_prompt_chars: int = 8000
     allow_hub: bool = False
+    cache_max_mb: int = 2048  # least recently used entries are evicted above it; 0 = no limit
 
     @property
     def models_dir(self) -> Path:
@@ -38,6 +40,10 @@ class Settings:
     @property
     def database_path(self) -> Path:
         return self.cache_dir / "workbench.duckdb"
+
+    @property
+    def cache_max_bytes(self) -> int | None:
+        return self.cache_max_mb * 1024 * 1024 if self.cache_max_mb > 0 else None
 
     def with_cache_dir(self, cache_dir: Path) -> Settings:
         return replace(self, cache_dir=Path(cache_dir))
@@ -59,4 +65,5 @@ def load_settings() -> Settings:
         threads=_env_int("LAYERLENS_THREADS", None),
         max_prompt_tokens=_env_int("LAYERLENS_MAX_TOKENS", 256) or 256,
         allow_hub=os.environ.get("LAYERLENS_ALLOW_HUB", "0") == "1",
+        cache_max_mb=_env_int("LAYERLENS_CACHE_MAX_MB", 2048) or 0,
     )

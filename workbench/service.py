@@ -61,7 +61,7 @@ class Workbench:
 
     def __init__(self, settings: Settings | None = None, store: Store | None = None):
         self.settings = settings or load_settings()
-        self.store = store or Store(self.settings.database_path)
+        self.store = store or Store(self.settings.database_path, max_bytes=self.settings.cache_max_bytes)
         self._local: dict[str, LocalModel] = {}
         self._loaded: dict[str, LoadedModel] = {}
         self._registry_lock = threading.Lock()
