@@ -5,6 +5,7 @@ import streamlit as st
 import ui
 from workbench.analyses.attention_sinks import SinkProbeRequest
 from workbench.analyses.sink_levels import SinkLevelsRequest, default_prompts
+from workbench.export import spec_of
 from workbench.figures import attention_sinks as figures
 
 st.title("Attention sinks")
@@ -19,14 +20,16 @@ model_name = ui.selected_model()
 
 
 def thresholds_widgets(prefix: str) -> dict:
+    """The four thresholds, seeded from a shared link's URL where it has them."""
     cols = st.columns(4)
+    for name, default, bounds in (("eps", 0.3, (0.01, 0.99)), ("cos", 0.9, (0.01, 0.99)), ("pm", 15, (0, 100)),
+                                  ("ms", 4, (0, 100))):
+        ui.url_default(f"{prefix}_{name}", default, bounds=bounds)
     return {
-        "eps": cols[0].number_input("eps (sink score)", 0.01, 0.99, 0.3, 0.05, key=f"{prefix}_eps"),
-        "cos_threshold": cols[1].number_input("|cos| threshold", 0.01, 0.99, 0.9, 0.05, key=f"{prefix}_cos"),
-        "primary_margin": int(cols[2].number_input("primary-like: lifetime ≥ L −", 0, 100, 15, key=f"{prefix}_pm")),
-        "min_secondary_lifetime": int(
-            cols[3].number_input("secondary: lifetime >", 0, 100, 4, key=f"{prefix}_ms")
-        ),
+        "eps": cols[0].number_input("eps (sink score)", 0.01, 0.99, step=0.05, key=f"{prefix}_eps"),
+        "cos_threshold": cols[1].number_input("|cos| threshold", 0.01, 0.99, step=0.05, key=f"{prefix}_cos"),
+        "primary_margin": int(cols[2].number_input("primary-like: lifetime ≥ L −", 0, 100, key=f"{prefix}_pm")),
+        "min_secondary_lifetime": int(cols[3].number_input("secondary: lifetime >", 0, 100, key=f"{prefix}_ms")),
     }
 
 
@@ -34,21 +37,21 @@ probe_tab, batch_tab = st.tabs(["One prompt", "Sink levels over a prompt set"])
 
 with probe_tab:
     with st.form("sinks_form"):
-        prompt = st.text_area(
-            "Prompt", value="The capital of France is Paris, and the capital of Italy is Rome.", key="sk_prompt"
-        )
+        ui.url_default("sk_prompt", "The capital of France is Paris, and the capital of Italy is Rome.")
+        prompt = st.text_area("Prompt", key="sk_prompt")
         thresholds = thresholds_widgets("sk")
         submitted = st.form_submit_button("Run sink probe", type="primary")
-    if submitted:
+    if submitted or ui.opened_from_link("sk_request", ["sk_prompt"]):
         st.session_state["sk_request"] = (model_name, prompt, thresholds)
+        ui.share({"sk_prompt": prompt, "sk_eps": thresholds["eps"], "sk_cos": thresholds["cos_threshold"],
+                  "sk_pm": thresholds["primary_margin"], "sk_ms": thresholds["min_secondary_lifetime"]})
     if "sk_request" in st.session_state:
         req_model, req_prompt, req_thresholds = st.session_state["sk_request"]
         wb = ui.workbench()
 
-        result = ui.compute(
-            f"Sink probe on {req_model}",
-            lambda report: wb.attention_sinks(req_model, SinkProbeRequest(prompt=req_prompt, **req_thresholds), report),
-        )
+        request = ui.guarded(lambda: SinkProbeRequest(prompt=req_prompt, **req_thresholds))
+        result = request and ui.compute(f"Sink probe on {req_model}",
+                                        lambda report: wb.attention_sinks(req_model, request, report))
         if result is not None:
             first = "the tokenizer's BOS" if result.first_is_bos else "the first real token (no BOS added)"
             st.markdown(
@@ -64,11 +67,10 @@ with probe_tab:
                 f"{result.cos_threshold:g} threshold, the cosine criterion reflects a direction every token "
                 "shares rather than sinks."
             )
-            st.plotly_chart(figures.layer_token_heatmap(result), key="sk_layer_token")
-            st.plotly_chart(figures.layer_head_heatmap(result), key="sk_layer_head")
-            st.plotly_chart(figures.first_norm_curve(result), key="sk_first_norm")
-            st.plotly_chart(figures.cosine_heatmap(result), key="sk_cosine")
-            st.plotly_chart(figures.norm_heatmap(result), key="sk_norms")
+            for figure, key in (("layer_token_heatmap", "sk_layer_token"), ("layer_head_heatmap", "sk_layer_head"),
+                                ("first_norm_curve", "sk_first_norm"), ("cosine_heatmap", "sk_cosine"),
+                                ("norm_heatmap", "sk_norms")):
+                ui.chart(getattr(figures, figure)(result), key, spec_of("attention_sinks", figure, req_model, request))
             rows = figures.sink_rows(result)
             if rows:
                 st.subheader("Tokens that become sinks in the window")
@@ -90,10 +92,9 @@ with batch_tab:
         req_model, req_prompts, req_thresholds = st.session_state["lv_request"]
         wb = ui.workbench()
 
-        levels = ui.compute(
-            f"Sink levels on {req_model}",
-            lambda report: wb.sink_levels(req_model, SinkLevelsRequest(prompts=req_prompts, **req_thresholds), report),
-        )
+        levels_request = ui.guarded(lambda: SinkLevelsRequest(prompts=req_prompts, **req_thresholds))
+        levels = levels_request and ui.compute(f"Sink levels on {req_model}",
+                                               lambda report: wb.sink_levels(req_model, levels_request, report))
         if levels is not None:
             st.markdown(
                 f"{len(levels.prompt_secondary_count)} prompts; mean fraction of (layer, head) sinking on "
@@ -102,8 +103,10 @@ with batch_tab:
                 f"in {levels.share_with_secondary:.0%} of prompts "
                 f"(other sink tokens: {levels.count('primary-like')} primary-like, {levels.count('noise')} noise)."
             )
-            st.plotly_chart(figures.onset_histogram(levels), key="lv_onsets")
+            ui.chart(figures.onset_histogram(levels), "lv_onsets",
+                     spec_of("attention_sink_levels", "onset_histogram", req_model, levels_request))
             if len(levels.sink_onset):
-                st.plotly_chart(figures.lifetime_scatter(levels), key="lv_scatter")
+                ui.chart(figures.lifetime_scatter(levels), "lv_scatter",
+                         spec_of("attention_sink_levels", "lifetime_scatter", req_model, levels_request))
     else:
         st.info("Edit the prompt set if you like and press **Run over the prompt set** (results are cached).")

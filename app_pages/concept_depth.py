@@ -79,7 +79,7 @@ if "cd_request" in st.session_state:
     results = ui.guarded(run)
     if results is not None:
         main = [results[(models[0], i)] for i in range(len(requests))]
-        st.plotly_chart(figures.curves(main, f"Concept depth: {main[0].model_name}"), key="cd_curves")
+        ui.chart(figures.curves(main, f"Concept depth: {main[0].model_name}"), "cd_curves")
         rows = []
         for (model, index), result in results.items():
             clean = next(results[(model, j)] for j, r in enumerate(requests)
@@ -93,8 +93,8 @@ if "cd_request" in st.session_state:
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="cd_table")
         if len(models) > 1:
             clean_results = [r for (_, i), r in results.items() if requests[i].noise_tokens == 0]
-            st.plotly_chart(figures.curves(clean_results, f"{models[0]} vs {models[1]} on normalised depth"),
-                            key="cd_compare_chart")
+            ui.chart(figures.curves(clean_results, f"{models[0]} vs {models[1]} on normalised depth"),
+                     "cd_compare_chart")
 else:
     st.info("Pick tasks (or upload a CSV) and press **Run probes**. Representations are cached, so changing "
             "only the threshold re-runs the probes, not the model.")

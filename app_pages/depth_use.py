@@ -4,6 +4,7 @@ import streamlit as st
 
 import ui
 from workbench.analyses.depth_use import DepthUseRequest
+from workbench.export import spec_of
 from workbench.figures import depth_use as figures
 
 st.title("Depth use")
@@ -14,16 +15,16 @@ st.caption(
 model_name = ui.selected_model()
 
 with st.form("depth_form"):
-    prompt = st.text_area(
-        "Prompt", value="The Eiffel Tower is located in the city of Paris, which is the capital of France",
-        key="du_prompt",
-    )
+    ui.url_default("du_prompt", "The Eiffel Tower is located in the city of Paris, which is the capital of France")
+    prompt = st.text_area("Prompt", key="du_prompt")
+    ui.url_default("du_first", False)
     first = st.checkbox("Include the first token in the averages (it is usually an attention sink)",
                         key="du_first")
     submitted = st.form_submit_button("Run depth analysis", type="primary")
 
-if submitted:
+if submitted or ui.opened_from_link("du_request", ["du_prompt"]):
     st.session_state["du_request"] = (model_name, DepthUseRequest(prompt=prompt, include_first_token=first))
+    ui.share({"du_prompt": prompt, "du_first": first})
 
 if "du_request" in st.session_state:
     req_model, request = st.session_state["du_request"]
@@ -31,7 +32,7 @@ if "du_request" in st.session_state:
 
     result = ui.compute(f"Depth use on {req_model}", lambda report: wb.depth_use(req_model, request, report))
     if result is not None:
-        st.plotly_chart(figures.contributions(result), key="du_contrib")
-        st.plotly_chart(figures.skip_effects(result), key="du_skip")
+        ui.chart(figures.contributions(result), "du_contrib", spec_of("depth_use", "contributions", req_model, request))
+        ui.chart(figures.skip_effects(result), "du_skip", spec_of("depth_use", "skip_effects", req_model, request))
 else:
     st.info("Enter a prompt and press **Run depth analysis**.")

@@ -4,6 +4,7 @@ import streamlit as st
 
 import ui
 from workbench.analyses.latent_language import TASKS, LatentLanguageRequest, languages
+from workbench.export import spec_of
 from workbench.figures import latent_language as figures
 
 st.title("Latent language")
@@ -18,31 +19,35 @@ codes = list(names)
 
 with st.form("ll_lang_form"):
     cols = st.columns(4)
+    ui.url_default("lat_task", TASKS[0], choices=TASKS)
     task = cols[0].selectbox("Task", TASKS, key="lat_task")
-    target = cols[1].selectbox("Answer language", codes, index=codes.index("fr"), format_func=names.get,
-                               key="lat_target")
-    source = cols[2].selectbox("Source language (translation)", codes, index=codes.index("de"),
-                               format_func=names.get, key="lat_source")
-    pivot = cols[3].selectbox("Pivot language", codes, index=codes.index("en"), format_func=names.get,
-                              key="lat_pivot")
-    max_prompts = st.slider("Prompts at most", 5, 70, 40, key="lat_max")
+    for key, default in (("lat_target", "fr"), ("lat_source", "de"), ("lat_pivot", "en")):
+        ui.url_default(key, default, choices=codes)
+    target = cols[1].selectbox("Answer language", codes, format_func=names.get, key="lat_target")
+    source = cols[2].selectbox("Source language (translation)", codes, format_func=names.get, key="lat_source")
+    pivot = cols[3].selectbox("Pivot language", codes, format_func=names.get, key="lat_pivot")
+    ui.url_default("lat_max", 40, bounds=(5, 70))
+    max_prompts = st.slider("Prompts at most", 5, 70, key="lat_max")
     submitted = st.form_submit_button("Run latent-language view", type="primary")
 
-if submitted:
+if submitted or ui.opened_from_link("lat_request", ["lat_task"]):
     st.session_state["lat_request"] = (model_name, dict(
         task=task, target_lang=target, source_lang=source, pivot_lang=pivot, max_prompts=max_prompts))
+    ui.share({"lat_task": task, "lat_target": target, "lat_source": source, "lat_pivot": pivot,
+              "lat_max": max_prompts})
 
 if "lat_request" in st.session_state:
     req_model, fields = st.session_state["lat_request"]
     wb = ui.workbench()
 
-    result = ui.compute(
-        f"Latent language on {req_model}",
-        lambda report: wb.latent_language(req_model, LatentLanguageRequest(**fields), report),
-    )
+    request = ui.guarded(lambda: LatentLanguageRequest(**fields))
+    result = request and ui.compute(f"Latent language on {req_model}",
+                        lambda report: wb.latent_language(req_model, request, report))
     if result is not None:
         only_correct = st.checkbox("Only prompts the model answers correctly", key="lat_only_correct")
-        st.plotly_chart(figures.probabilities(result, only_correct), key="lat_chart")
+        figure = "probabilities_correct" if only_correct else "probabilities"
+        ui.chart(figures.probabilities(result, only_correct), "lat_chart",
+                 spec_of("latent_language", figure, req_model, request))
         with st.expander(f"{len(result.prompts)} prompts used, {len(result.skipped)} words skipped"):
             st.write("Skipped (not single distinct tokens):", ", ".join(result.skipped) or "none")
             st.code(result.prompts[0] if len(result.prompts) else "", language=None)

@@ -8,8 +8,10 @@ from workbench.analyses.neuron_contexts import contexts_of
 from workbench.analyses.neuron_effect import NeuronEffectRequest
 from workbench.analyses.neuron_vocab import NeuronVocabRequest
 from workbench.analyses.neurons import CLASS_NAMES, NeuronClassRequest
+from workbench.export import spec_of
 from workbench.figures import display_token
 from workbench.figures import neurons as figures
+from workbench.registry import entry
 
 st.title("Neurons")
 st.caption(
@@ -23,10 +25,12 @@ wb = ui.workbench()
 
 # ---------------------------------------------------------------------- classes per layer
 with st.form("neuron_classes_form"):
-    fold = st.checkbox("Fold the preceding norm's weights into w_gate and w_in", value=False, key="nc_fold")
+    ui.url_default("nc_fold", False)
+    fold = st.checkbox("Fold the preceding norm's weights into w_gate and w_in", key="nc_fold")
     submitted = st.form_submit_button("Classify all neurons", type="primary")
-if submitted:
+if submitted or ui.opened_from_link("nc_request", ["nc_fold"]):
     st.session_state["nc_request"] = (model_name, bool(fold))
+    ui.share({"nc_fold": bool(fold)})
 
 classes = None
 if "nc_request" in st.session_state:
@@ -37,9 +41,11 @@ if "nc_request" in st.session_state:
         f"Neuron classes of {req_model}", lambda report: wb.neuron_classes(req_model, class_request, report)
     )
     if classes is not None:
-        st.plotly_chart(figures.class_fractions(classes), key="nc_fractions")
-        st.plotly_chart(figures.class_fractions(classes, include_orthogonal=False), key="nc_fractions_no_orth")
-        st.plotly_chart(figures.cosine_distribution(classes), key="nc_cosines")
+        for figure, key in (("class_fractions", "nc_fractions"),
+                            ("class_fractions_no_orthogonal", "nc_fractions_no_orth"),
+                            ("cosine_distribution", "nc_cosines")):
+            spec = spec_of("neuron_classes", figure, req_model, class_request)
+            ui.chart(entry("neuron_classes").figure(figure, classes), key, spec)
         lo, hi = classes.null_band
         st.caption(
             f"{classes.n_layers} layers × {classes.n_neurons} neurons, d_model = {classes.d_model}. "
@@ -102,10 +108,8 @@ if explore:
 if "ne_request" in st.session_state:
     req_model, req_layer, req_neuron, req_factor, req_prompt, req_ctx, req_fold = st.session_state["ne_request"]
 
-    def run_vocab():
-        return wb.neuron_vocab(req_model, NeuronVocabRequest(req_layer, req_neuron, fold_norm=req_fold))
-
-    vocab = ui.guarded(run_vocab)
+    vocab_request = ui.guarded(lambda: NeuronVocabRequest(req_layer, req_neuron, fold_norm=req_fold))
+    vocab = vocab_request and ui.guarded(lambda: wb.neuron_vocab(req_model, vocab_request))
     if vocab is not None:
         gate = (
             ""
@@ -117,16 +121,14 @@ if "ne_request" in st.session_state:
         st.write(
             f"cos(in, out) = {vocab.cos_in_out:.3f}{gate}" + (" (w_in and w_out sign-flipped)" if vocab.flipped else "")
         )
-        st.plotly_chart(figures.vocab_projection(vocab), key="ne_vocab")
+        ui.chart(figures.vocab_projection(vocab), "ne_vocab",
+                 spec_of("neuron_vocab", "vocab_projection", req_model, vocab_request))
 
-        effect = ui.compute(
-            "Causal check",
-            lambda report: wb.neuron_effect(
-                req_model, NeuronEffectRequest(req_prompt, req_layer, req_neuron, factor=req_factor), report
-            ),
-        )
+        effect_request = ui.guarded(lambda: NeuronEffectRequest(req_prompt, req_layer, req_neuron, factor=req_factor))
+        effect = effect_request and ui.compute("Causal check",
+                                               lambda report: wb.neuron_effect(req_model, effect_request, report))
         if effect is not None:
-            st.plotly_chart(figures.effect(effect), key="ne_effect")
+            ui.chart(figures.effect(effect), "ne_effect", spec_of("neuron_effect", "effect", req_model, effect_request))
             st.caption(
                 "Top tokens with the neuron scaled: "
                 + ", ".join(

@@ -45,7 +45,7 @@ def show_status() -> None:
         st.write(f"State: **{status.state}**, {status.step} steps trained." + (
             f" {status.message}" if status.message else ""))
     if status.losses:
-        st.plotly_chart(figures.loss_curve(status), key="tl_loss")
+        ui.chart(figures.loss_curve(status), "tl_loss")
 
 
 with st.spinner(f"Loading {model_name} and its lens checkpoint"):
@@ -72,5 +72,5 @@ if "tl_request" in st.session_state:
         lambda report: wb.compare_lenses(req_model, req_prompt, req_target, req_config, req_eval, report),
     )
     if result is not None:
-        st.plotly_chart(figures.held_out(result), key="tl_held_out")
-        st.plotly_chart(figures.trajectory(result), key="tl_trajectory")
+        ui.chart(figures.held_out(result), "tl_held_out")
+        ui.chart(figures.trajectory(result), "tl_trajectory")

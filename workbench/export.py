@@ -307,6 +307,11 @@ class FigureSpec:
                 raise BadRequest(f"Figure {self.figure!r} is drawn from exactly one {analysis} run.")
 
 
+def spec_of(analysis: str, figure: str, model_name: str, request) -> FigureSpec:
+    """The spec of figure ``figure`` of one ``analysis`` run, e.g. ("logit_lens", "heatmap", ...)."""
+    return FigureSpec(f"{analysis}:{figure}", (FigureSource(analysis, model_name, request),))
+
+
 def build_figure(workbench, spec: FigureSpec, progress=lambda f, m: None) -> go.Figure:
     """Run (or read from the cache) every source of ``spec`` and draw the figure."""
     results = [registry.entry(s.analysis).run(workbench, s.model_name, s.request, progress) for s in spec.sources]
@@ -355,28 +360,50 @@ def make_bundle(
 ) -> Bundle:
     """Images (``formats``; none needs no browser), figure JSON, data CSV and manifest of ``spec``."""
     figure = styled(build_figure(workbench, spec, progress), style)
+    files = _figure_files(figure, style, formats, exporter, progress)
+    manifest = {
+        **_manifest_head(spec.figure, spec.title, style, files),
+        "sources": [s.to_json(workbench.local_model(s.model_name).digest) for s in spec.sources],
+        "regenerate": REGENERATE_COMMAND.format(bundle="<this bundle: directory or .zip>"),
+    }
+    return Bundle({**files, "manifest.json": _json_bytes(manifest)})
+
+
+def figure_bundle(
+    fig: go.Figure, style: PaperStyle, formats: tuple[str, ...] = FORMATS, exporter: ImageExporter | None = None,
+) -> Bundle:
+    """A bundle of a figure that no registered analysis run draws (e.g. a live training curve):
+    images, JSON and data, and a manifest that says it cannot be regenerated."""
+    figure = styled(fig, style)
+    files = _figure_files(figure, style, formats, exporter, lambda f, m: None)
+    manifest = {**_manifest_head("", "", style, files), "sources": [],
+                "regenerate": None, "note": "drawn from a live view: the data (CSV) and figure JSON are the record"}
+    return Bundle({**files, "manifest.json": _json_bytes(manifest)})
+
+
+def _figure_files(figure: go.Figure, style: PaperStyle, formats, exporter, progress) -> dict[str, bytes]:
     files = {"figure.json": figure.to_json().encode(), "data.csv": figure_data(figure).to_csv(index=False).encode()}
     for fmt in formats:
         progress(None, f"Rendering {fmt.upper()}")
         files[f"figure.{fmt}"] = (exporter or shared_exporter()).render(figure, fmt, style)
-    manifest = _manifest(workbench, spec, style, files)
-    files["manifest.json"] = json.dumps(manifest, indent=2, ensure_ascii=False).encode()
-    return Bundle(files)
+    return files
 
 
-def _manifest(workbench, spec: FigureSpec, style: PaperStyle, files: dict[str, bytes]) -> dict:
+def _manifest_head(figure: str, title: str, style: PaperStyle, files: dict[str, bytes]) -> dict:
     return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
-        "figure": spec.figure,
-        "title": spec.title,
-        "sources": [s.to_json(workbench.local_model(s.model_name).digest) for s in spec.sources],
+        "figure": figure,
+        "title": title,
         "style": asdict(style),
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
         "versions": package_versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "regenerate": REGENERATE_COMMAND.format(bundle="<this bundle: directory or .zip>"),
     }
+
+
+def _json_bytes(data: dict) -> bytes:
+    return json.dumps(data, indent=2, ensure_ascii=False).encode()
 
 
 def package_versions() -> dict[str, str]:
@@ -430,6 +457,9 @@ def regenerate(
 ) -> Regenerated:
     """Rebuild a bundle from its manifest and say whether the figure is identical."""
     manifest = bundle.manifest
+    if not manifest.get("sources"):
+        raise BadRequest("This bundle was exported from a live view and records no analysis run to regenerate; "
+                         "its data.csv and figure.json are the record.")
     spec = spec_from_manifest(manifest)
     warnings = []
     for source in manifest["sources"]:
