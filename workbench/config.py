@@ -11,15 +11,19 @@ Environment variables (all optional):
     LAYERLENS_MAX_TOKENS    longest prompt accepted, in tokens (default 256)
     LAYERLENS_ALLOW_HUB     ``1`` lets hub ids be downloaded (default ``0``: offline)
     LAYERLENS_CACHE_MAX_MB  size limit of the cache's stored data in MB (default 2048; ``0``: no limit)
+    LAYERLENS_REMOTE        ``1`` runs hub ids remotely on NDIF through nnsight (default ``0``)
+    NDIF_API_KEY            the NDIF API key for remote runs (or LAYERLENS_NDIF_API_KEY)
+    NDIF_HOST               the NDIF API address (default ``https://api.ndif.us``; or LAYERLENS_NDIF_HOST)
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+NDIF_DEFAULT_HOST = "https://api.ndif.us"
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,9 @@ class Settings:
     max_prompt_chars: int = 8000
     allow_hub: bool = False
     cache_max_mb: int = 2048  # least recently used entries are evicted above it; 0 = no limit
+    remote: bool = False  # hub ids run on NDIF (workbench.remote); local models still run here
+    ndif_api_key: str | None = field(default=None, repr=False)  # never printed
+    ndif_host: str = NDIF_DEFAULT_HOST
 
     @property
     def models_dir(self) -> Path:
@@ -66,4 +73,8 @@ def load_settings() -> Settings:
         max_prompt_tokens=_env_int("LAYERLENS_MAX_TOKENS", 256) or 256,
         allow_hub=os.environ.get("LAYERLENS_ALLOW_HUB", "0") == "1",
         cache_max_mb=_env_int("LAYERLENS_CACHE_MAX_MB", 2048) or 0,
+        remote=os.environ.get("LAYERLENS_REMOTE", "0") == "1",
+        ndif_api_key=(os.environ.get("LAYERLENS_NDIF_API_KEY") or os.environ.get("NDIF_API_KEY") or "").strip()
+        or None,
+        ndif_host=(os.environ.get("LAYERLENS_NDIF_HOST") or os.environ.get("NDIF_HOST") or NDIF_DEFAULT_HOST).strip(),
     )

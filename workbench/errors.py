@@ -42,3 +42,13 @@ class CacheError(WorkbenchError):
 
 class CacheLocked(CacheError):
     """Another process (usually a second workbench server) holds the cache file."""
+
+
+class RemoteUnavailable(WorkbenchError):
+    """Remote execution (NDIF) is switched on but cannot be used: no API key, NDIF unreachable,
+    or the model is not hosted there."""
+
+
+class RemoteUnsupported(WorkbenchError):
+    """The analysis needs the model's weights on this machine (PyTorch hooks, weight reads), which a
+    model run remotely on NDIF does not have."""

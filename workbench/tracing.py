@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import nnsight
 import torch
 
+from workbench import remote
 from workbench.models import adapter
 from workbench.models.loader import LoadedModel
 
@@ -24,6 +25,14 @@ from workbench.models.loader import LoadedModel
 class ResidualTrace:
     resid: torch.Tensor  # (layer = n_layers + 1, seq, d_model): block-0 input, then block outputs
     logits: torch.Tensor  # (seq, vocab): the model's own output logits
+
+
+def _trace_options(model: LoadedModel) -> dict:
+    """The one place that decides where a trace runs: every ``lm.trace`` passes these, so a model
+    on NDIF (``model.remote``, see workbench.remote) runs the very same block remotely. Blocks
+    read only plain locals (``n_layers``, ``spec``, tensors) and the model's envoys: a
+    ``LoadedModel`` (it holds a lock) cannot be serialised into a remote request."""
+    return remote.trace_options(model.remote)
 
 
 def _first(value):
@@ -35,12 +44,12 @@ def residual_stream(model: LoadedModel, token_ids: torch.Tensor) -> ResidualTrac
     """One forward pass recording the residual stream before block 0 and after every block."""
     if token_ids.ndim != 1:
         raise ValueError("token_ids must be one sequence, shape (seq,)")
-    lm = model.lm
+    lm, n_layers = model.lm, model.info.n_layers
     with model.lock, torch.no_grad():
-        with lm.trace(token_ids.unsqueeze(0).to(model.device)):
+        with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
             states = []
             states.append(_first(lm.layers[0].input))
-            for layer in range(model.info.n_layers):
+            for layer in range(n_layers):
                 states.append(_first(lm.layers[layer].output))
             logits = lm.output.logits
             nnsight.save(states)
@@ -70,11 +79,11 @@ def sublayer_stream(model: LoadedModel, token_ids: torch.Tensor) -> SublayerTrac
     The middle state is the input of the block's pre-MLP norm (adapter ``pre_mlp_norm``), so each
     sublayer's contribution is a difference of residuals whatever extra norms the family has.
     """
-    lm = model.lm
+    lm, n_layers = model.lm, model.info.n_layers
     with model.lock, torch.no_grad():
-        with lm.trace(token_ids.unsqueeze(0).to(model.device)):
+        with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
             ins, mids, outs = [], [], []
-            for layer in range(model.info.n_layers):
+            for layer in range(n_layers):
                 block = lm.layers[layer]
                 ins.append(_first(block.input))
                 mids.append(_first(block.pre_mlp_norm.input))
@@ -100,7 +109,7 @@ def skip_layers(
     lm, n_layers = model.lm, model.info.n_layers
     batch = token_ids.unsqueeze(0).expand(len(skipped), -1).to(model.device)
     with model.lock, torch.no_grad():
-        with lm.trace(batch):
+        with lm.trace(batch, **_trace_options(model)):
             states = []
             for layer in range(n_layers):
                 block_in = _first(lm.layers[layer].input)  # inputs before outputs: nnsight reads in order
@@ -131,12 +140,12 @@ def mlp_activations(model: LoadedModel, token_ids: torch.Tensor) -> torch.Tensor
     """
     if token_ids.ndim != 2:
         raise ValueError("token_ids must be (batch, seq)")
-    lm = model.lm
+    lm, n_layers, spec = model.lm, model.info.n_layers, model.spec
     with model.lock, torch.no_grad():
-        with lm.trace(token_ids.to(model.device), logits_to_keep=1):
+        with lm.trace(token_ids.to(model.device), logits_to_keep=1, **_trace_options(model)):
             acts = []
-            for layer in range(model.info.n_layers):
-                acts.append(adapter.mlp_out_envoy(model.spec, lm.layers[layer].mlp).input)
+            for layer in range(n_layers):
+                acts.append(adapter.mlp_out_envoy(spec, lm.layers[layer].mlp).input)
             nnsight.save(acts)
     return torch.stack([a.detach().float().cpu() for a in acts])
 
@@ -154,10 +163,10 @@ def scale_neuron(
     position (0 ablates it, 2 doubles it); the final-position logits and the clean activation."""
     if token_ids.ndim != 1:
         raise ValueError("token_ids must be one sequence, shape (seq,)")
-    lm = model.lm
+    lm, spec = model.lm, model.spec
     with model.lock, torch.no_grad():
-        with lm.trace(token_ids.unsqueeze(0).to(model.device)):
-            acts = adapter.mlp_out_envoy(model.spec, lm.layers[layer].mlp).input  # (1, seq, neurons)
+        with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
+            acts = adapter.mlp_out_envoy(spec, lm.layers[layer].mlp).input  # (1, seq, neurons)
             clean = nnsight.save(acts[0, :, neuron].clone())
             acts[:, :, neuron] = acts[:, :, neuron] * factor
             logits = nnsight.save(lm.output.logits[0, -1])
@@ -180,12 +189,12 @@ def attention_and_states(model: LoadedModel, token_ids: torch.Tensor) -> Attenti
     other implementations return no probabilities."""
     if token_ids.ndim != 1:
         raise ValueError("token_ids must be one sequence, shape (seq,)")
-    lm = model.lm
+    lm, n_layers = model.lm, model.info.n_layers
     with model.lock, torch.no_grad():
-        with lm.trace(token_ids.unsqueeze(0).to(model.device)):
+        with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
             probs, states, mids = [], [], []
             states.append(_first(lm.layers[0].input))
-            for layer in range(model.info.n_layers):
+            for layer in range(n_layers):
                 block = lm.layers[layer]
                 probs.append(block.attn.output[1])
                 mids.append(_first(block.pre_mlp_norm.input))
@@ -259,12 +268,12 @@ def last_token_states(model: LoadedModel, sequences: list[list[int]], site: str 
         raise ValueError(f"site must be one of {LAST_TOKEN_SITES}")
     ids, mask, lengths = _right_padded(sequences)
     rows, last = torch.arange(len(sequences)), lengths - 1
-    lm = model.lm
+    lm, n_layers = model.lm, model.info.n_layers
     with model.lock, torch.no_grad():
         with lm.trace({"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)},
-                      logits_to_keep=1):
+                      logits_to_keep=1, **_trace_options(model)):
             states = []
-            for layer in range(model.info.n_layers):
+            for layer in range(n_layers):
                 block = lm.layers[layer]
                 value = block.pre_mlp_norm.output if site == "mlp_input" else _first(block.output)
                 states.append(value[rows, last])

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbench import remote
 from workbench.config import Settings
 from workbench.errors import ModelLoadError, UnknownModel
 
@@ -79,6 +80,7 @@ class LocalModel:
     path: Path
     digest: str
     note: str = ""
+    remote: remote.RemoteTarget | None = None  # set: runs on NDIF, ``path`` holds config + tokenizer only
 
 
 DEQUANTIZED_NOTE = (
@@ -154,6 +156,8 @@ def shown_name(name: str, limit: int = 120) -> str:
 def materialize(entry: CatalogEntry, settings: Settings, progress: Progress = _silent) -> LocalModel:
     """Make sure the entry exists as a local HF directory and return it with its digest."""
     source = entry.source
+    if isinstance(source, HubRepo) and settings.remote:
+        return _remote_model(entry, source, settings, progress)
     if isinstance(source, BundledGGUF):
         path, digest = _converted_bundle(entry.name, source, settings, progress)
     elif isinstance(source, LocalDirectory):
@@ -321,3 +325,16 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- remote (NDIF)
+
+
+def _remote_model(entry: CatalogEntry, source: HubRepo, settings: Settings, progress: Progress) -> LocalModel:
+    """A hub id run on NDIF: key, reachability and hosting checked first, then config and tokenizer
+    only (never weights). The digest names NDIF's deployment and the config."""
+    progress(None, f"Checking that NDIF runs {source.repo_id}")
+    target = remote.connect(source.repo_id, settings)
+    path = remote.fetch_metadata(target.repo_id)
+    digest = hashlib.sha256(f"ndif\0{target.model_key}\0{directory_digest(path)}".encode()).hexdigest()
+    return LocalModel(name=entry.name, path=path, digest=digest, note=remote.NOTE, remote=target)

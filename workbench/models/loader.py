@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 import torch
 
 from workbench.config import Settings
-from workbench.errors import ModelLoadError, UnsupportedArchitecture
+from workbench.errors import ModelLoadError, RemoteUnsupported, UnsupportedArchitecture
 from workbench.models import adapter
 from workbench.models.catalog import LocalModel
+from workbench.remote import RemoteTarget, meta_model
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing local path must never become a hub lookup
+if os.environ.get("LAYERLENS_REMOTE", "0") != "1":  # remote runs read hub configs (never weights)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing local path must never become a hub lookup
 
 # transformers' loading flips process-global switches (weight init, tying); two loads in two
 # threads at once leave them wrong and later models come back with untied, random lm_heads.
@@ -53,10 +55,14 @@ class LoadedModel:
     # Re-entrant: held by every trace and every decode (a plain module call while another thread
     # traces the same model could be caught by that trace), and a training step holds it across both.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Set for a model that runs on NDIF (workbench.remote): a weightless skeleton here, traces go there.
+    remote: RemoteTarget | None = None
 
     @property
     def hf_model(self) -> torch.nn.Module:
         """The underlying transformers model (no nnsight wrapping)."""
+        if self.remote is not None:  # hooks, weight reads, local decoding: none can run remotely
+            raise RemoteUnsupported(REMOTE_WEIGHTS_MESSAGE.format(name=self.name))
         return self.lm._module
 
     def module(self, path: str) -> torch.nn.Module:
@@ -64,6 +70,8 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        if self.remote is not None:
+            return torch.device("cpu")  # inputs leave from here; NDIF places them on its devices
         return next(self.hf_model.parameters()).device
 
     def decode(self, resid: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
@@ -112,6 +120,8 @@ def _read_model_type(local: LocalModel) -> str:
 
 def load(local: LocalModel, settings: Settings) -> LoadedModel:
     """Load the model in ``local`` for tracing, on the configured device, eager attention."""
+    if local.remote is not None:
+        return _load_remote(local)
     from nnsight import TransformersModel
 
     spec = adapter.spec_for_model_type(_read_model_type(local))
@@ -221,3 +231,34 @@ def _check_complete_weights(hf_model: torch.nn.Module, local: LocalModel) -> Non
             "they would be random. The weights are incomplete or belong to a different config "
             "(check num_hidden_layers and the other sizes)."
         )
+
+
+# ---------------------------------------------------------------------- remote (NDIF) models
+
+REMOTE_WEIGHTS_MESSAGE = (
+    "This needs the weights of {name} on this machine (PyTorch hooks, weight reads or decoding with its "
+    "unembedding), but {name} runs remotely on NDIF, where only nnsight traces can go. Run it on a local "
+    "model (a catalog model or a local directory), or switch remote execution off (LAYERLENS_REMOTE=0)."
+)
+
+
+def _load_remote(local: LocalModel) -> LoadedModel:
+    """A model run on NDIF: its skeleton on the meta device from config and tokenizer (no weights)."""
+    spec = adapter.spec_for_model_type(_read_model_type(local))
+    try:
+        with _LOAD_LOCK:
+            lm = meta_model(local.path, spec.rename_table())
+    except Exception as exc:
+        raise ModelLoadError(f"Could not build {local.name} from its config and tokenizer: {exc}") from exc
+    skeleton = lm._module
+    adapter.validate(spec, skeleton, skeleton.config.model_type)
+    return LoadedModel(
+        name=local.name,
+        digest=local.digest,
+        note=local.note,
+        lm=lm,
+        tokenizer=lm.tokenizer,
+        spec=spec,
+        info=_model_info(skeleton.config, spec, len(skeleton.get_submodule(spec.layers))),
+        remote=local.remote,
+    )
