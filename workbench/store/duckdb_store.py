@@ -26,7 +26,8 @@ Size: every entry records its payload bytes (``.npy`` blobs + JSON of a result;
 ``4 * layers * positions * d`` of an activation set) and when it was last used.
 After a write that takes the total over ``max_bytes``, the least recently used
 results and activation sets are evicted (each whole, in one transaction) until
-the total is under ``EVICT_TO`` of the limit. Reads record their use in memory
+the total is under ``EVICT_TO`` of the limit (also on open, for a lowered limit
+or a process killed between a write and its eviction). Reads record their use in memory
 and write it with the next write (or on close), so reads stay read-only.
 
 One process owns the file read-write (DuckDB's lock): a second server on the
@@ -167,6 +168,8 @@ class Store:
         with _open_paths_lock:
             _open_paths.add(self.path.resolve())
         self.last_eviction: Removed | None = None
+        with self._write_lock:  # a lowered limit, or a process killed between a write and its eviction
+            self._evict_if_over_limit()
 
     def close(self) -> None:
         with self._write_lock:
