@@ -221,3 +221,14 @@ def test_rebuild_refuses_a_file_in_use(tmp_path):
         holder.kill()
         holder.wait()
     assert path.exists() and list(tmp_path.glob("*.bak-*")) == []
+
+
+def test_a_damaged_file_is_refused_then_rebuilt_with_its_bytes_kept(tmp_path):
+    path = tmp_path / "workbench.duckdb"
+    garbage = b"not a duckdb file at all" * 500
+    path.write_bytes(garbage)
+    with pytest.raises(CacheError, match=REBUILD):
+        Store(path)
+    with Store(path, rebuild=True) as store:
+        assert store.count_results() == 0
+        assert store.backup_path.read_bytes() == garbage
