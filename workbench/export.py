@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import platform
 import threading
 import zipfile
@@ -118,7 +119,8 @@ def find_browser() -> str | None:
     """The Chromium kaleido would use ($BROWSER_PATH, then the usual names), or None."""
     from choreographer.browsers.chromium import Chromium
 
-    return Chromium.find_browser(skip_local=False)
+    path = Chromium.find_browser(skip_local=False)
+    return path if path and os.access(path, os.X_OK) else None
 
 
 NO_BROWSER = (

@@ -1,0 +1,131 @@
+"""AppTest page tests for the compare page, the export controls under every chart and shareable
+URLs (page state in the query string)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.page_helpers import decode_plotly, open_page
+from workbench import summaries
+from workbench.analyses.logit_lens import LogitLensRequest
+from workbench.analyses.neurons import NeuronClassRequest
+from workbench.config import PROJECT_ROOT
+from workbench.service import Workbench
+
+PROMPT = "The capital of France is"
+
+
+def open_link(app, page: str, params: dict) -> AppTest:
+    """A new session opened on a shared link: ``page`` with ``params`` in its query string.
+    (``app`` provides the throwaway cache; its own session has already run without the link.)"""
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)
+    at.query_params.update(params)
+    return at.switch_page(page).run()
+
+
+def url_list(value) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_compare_two_models_side_by_side_and_on_depth(app, tiny_dirs, settings):
+    model_a, model_b = str(tiny_dirs["llama"]), str(tiny_dirs["gpt2"])
+    at = open_page(app, "app_pages/compare.py", model_a)
+    at.selectbox(key="cmp_b").set_value("Other: local directory or hub id")
+    at.text_input(key="cmp_b_custom").input(model_b)
+    at.multiselect(key="cmp_analyses").set_value(["logit_lens", "neuron_classes"])
+    at.text_area(key="cmp_prompt").input(PROMPT)
+    at.text_input(key="cmp_target").input("")
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+
+    figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(figures) == 1 + 2 * 2  # the overlay, then two analyses x two models
+    overlay = figures[0]
+    names = {t["name"] for t in overlay["data"]}
+    assert names == {model_a, model_b}
+
+    # the overlay's numbers are the backend's summaries on l/L
+    wb = Workbench(settings.with_cache_dir(settings.cache_dir.parent / "direct"))
+    try:
+        for model in (model_a, model_b):
+            lens = summaries.summarise("logit_lens", wb.logit_lens(model, LogitLensRequest(PROMPT)))[0]
+            enrich = summaries.summarise("neuron_classes", wb.neuron_classes(model, NeuronClassRequest()))[0]
+            for expected in (lens, enrich):
+                trace = next(t for t in overlay["data"] if t["name"] == model and t["xaxis"] == _axis_of(overlay,
+                             expected.metric))
+                np.testing.assert_allclose(decode_plotly(trace["x"]).astype(float), expected.depth)
+                np.testing.assert_allclose(decode_plotly(trace["y"]).astype(float), expected.values, atol=1e-5)
+            assert lens.depth[-1] == 1.0 and lens.values[-1] == pytest.approx(0.0, abs=1e-6)
+    finally:
+        wb.close()
+    # the URL now reproduces the comparison
+    assert url_list(at.query_params["cmp_b"]) == [model_b] and url_list(at.query_params["model"]) == [model_a]
+    assert url_list(at.query_params["cmp_analyses"]) == ["logit_lens", "neuron_classes"]
+
+
+def _axis_of(figure: dict, metric: str) -> str:
+    """The x axis ('x', 'x2', ...) of the subplot titled ``metric``."""
+    titles = [a["text"] for a in figure["layout"]["annotations"]]
+    index = titles.index(metric)
+    return "x" if index == 0 else f"x{index + 1}"
+
+
+def test_a_shared_compare_link_runs_without_a_click(app, tiny_dirs):
+    model_a, model_b = str(tiny_dirs["qwen2"]), str(tiny_dirs["gpt2"])
+    link = {"model": model_a, "cmp_b": model_b, "cmp_analyses": ["attention_sinks"],
+            "cmp_prompt": "one two three four five"}
+    at = open_link(app, "app_pages/compare.py", link)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["model_name"] == model_a
+    overlay = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert {t["name"] for t in overlay["data"]} == {model_a, model_b}
+    assert len(at.get("plotly_chart")) == 3
+
+
+def test_compare_errors_are_messages(app, tiny_dirs):
+    at = open_page(app, "app_pages/compare.py", str(tiny_dirs["llama"]))
+    at.selectbox(key="cmp_b").set_value("Other: local directory or hub id")
+    at.text_input(key="cmp_b_custom").input("/no/such/model")
+    at.multiselect(key="cmp_analyses").set_value(["logit_lens"])
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("/no/such/model" in e.value for e in at.error)
+    assert len(at.get("plotly_chart")) == 2  # model A's chart and the overlay of what succeeded
+
+
+def test_logit_lens_link_restores_the_form_and_runs(app, tiny_dirs):
+    model = str(tiny_dirs["llama"])
+    at = open_link(app, "app_pages/logit_lens.py",
+                   {"model": model, "ll_prompt": "one two three", "ll_target": "", "ll_top_k": "3"})
+    assert not at.exception and not at.error
+    assert at.session_state["model_name"] == model
+    assert at.text_area(key="ll_prompt").value == "one two three" and at.number_input(key="ll_top_k").value == 3
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_bad_url_values_fall_back_to_defaults(app, tiny_dirs):
+    for bad in ("lots", "9999", "-1"):  # not a number, above and below the widget's range
+        at = open_link(app, "app_pages/logit_lens.py", {"model": str(tiny_dirs["llama"]), "ll_prompt": "x y",
+                                                        "ll_top_k": bad})
+        assert not at.exception
+        assert at.number_input(key="ll_top_k").value == 5
+
+
+def test_every_chart_has_export_controls(app, tiny_dirs, monkeypatch):
+    at = open_page(app, "app_pages/logit_lens.py", str(tiny_dirs["llama"]))
+    at.button[0].click().run()
+    assert len(at.get("plotly_chart")) == 2
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels.count("Bundle (.zip)") == 2 and labels.count("Data (CSV)") == 2
+    assert labels.count("SVG") == 2 and labels.count("PDF") == 2 and labels.count("PNG") == 2
+    assert at.selectbox(key="ll_heatmap_export_size").value == "double column"
+
+    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chromium")  # no browser: a clear message, data still offered
+    at.run()
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "SVG" not in labels and labels.count("Bundle (.zip)") == 2
+    assert any("needs a Chromium browser" in i.value for i in at.info)
