@@ -44,6 +44,9 @@ with st.form("compare_form"):
     if st.session_state["cmp_b"] not in choices:  # a directory or hub id from a shared link
         st.session_state.setdefault("cmp_b_custom", st.session_state["cmp_b"])
         st.session_state["cmp_b"] = OTHER
+    if st.session_state.get("_cmp_a") not in (None, model_a) and st.session_state["cmp_b"] == model_a:
+        st.session_state["cmp_b"] = choices[0]  # the sidebar switched to the second model: offer another
+    st.session_state["_cmp_a"] = model_a
     model_b_choice = cols[0].selectbox("Second model", choices, key="cmp_b",
                                        format_func=lambda n: catalog.CATALOG[n].label if n in catalog.CATALOG else n)
     model_b_custom = cols[0].text_input("Second model directory or hub id (for Other)", key="cmp_b_custom")

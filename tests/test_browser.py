@@ -100,3 +100,34 @@ def test_empty_prompt_shows_message_in_browser(server, page):
     page.get_by_role("button", name="Run logit lens").click()
     expect(page.get_by_text("The prompt is empty")).to_be_visible(timeout=60_000)
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_switch_model_compare_and_download_svg(server, page, tmp_path):
+    """Pick Gemma in the sidebar, compare it with SmolLM2, check the overlay, download it as SVG."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/compare")
+    page.wait_for_selector(IDLE, timeout=60_000)
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+    page.get_by_role("option", name="Gemma 3 270M base (Gemma 3, 18 layers)").click()
+    page.wait_for_selector(IDLE, timeout=60_000)
+    page.get_by_role("button", name="Compare").click()
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    expect(charts).to_have_count(7, timeout=400_000)  # overlay + 3 analyses x 2 models (Gemma may convert first)
+    page.wait_for_selector(IDLE, timeout=240_000)
+    overlay_text = " ".join(charts.first.locator("svg").all_text_contents())
+    assert "gemma3-270m" in overlay_text and "smollm2-135m" in overlay_text
+    assert "normalised depth l/L" in overlay_text
+    assert "model=gemma3-270m" in page.url and "cmp_b=smollm2-135m" in page.url
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+    page.get_by_text("Export figure").first.click()
+    with page.expect_download(timeout=120_000) as download_info:
+        page.get_by_role("button", name="SVG").first.click()
+    download = download_info.value
+    assert download.suggested_filename == "compare-overlay.svg"
+    svg = (tmp_path / "overlay.svg")
+    download.save_as(svg)
+    text = svg.read_text()
+    assert text.lstrip().startswith("<svg") and "gemma3-270m" in text and "smollm2-135m" in text
+    assert f'width="{7 * 96}"' in text  # the default paper size: double column, 7 in
