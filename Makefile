@@ -39,6 +39,7 @@ bench: install
 	$(PY) -m bench.bench_neurons --model gemma3-270m
 	$(PY) -m bench.bench_patching
 	$(PY) -m bench.bench_concept_depth
+	$(PY) -m bench.bench_export
 
 lint: install
 	$(VENV)/bin/ruff check .
