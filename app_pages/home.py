@@ -17,6 +17,11 @@ if entry is not None:
     if entry.note:
         st.info(entry.note)
 st.markdown(
+    "Every chart can be exported for a paper (SVG, PNG, PDF, or a bundle with its data and a manifest "
+    "that regenerates it), every page's address can be shared, and **Compare models** puts two models "
+    "side by side on normalised depth. `python -m workbench` runs the same analyses without the UI."
+)
+st.markdown(
     "**Pages**\n\n"
     "- **Logit lens**: what each layer would predict if the model stopped there "
     "(nostalgebraist 2020), as a layers × positions heatmap, with per-layer KL to the "

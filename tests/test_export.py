@@ -265,3 +265,13 @@ def test_cli_bad_input_exits_2_with_one_line(cli_env, tiny_dirs, capsys):
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_live_figure_bundle_records_data_but_is_not_regenerable(workbench):
+    fig = go.Figure(go.Scatter(x=[0, 1, 2], y=[0.5, 0.25, 0.125], name="loss"))
+    bundle = export.figure_bundle(fig, export.paper_style("single column"), formats=())
+    assert bundle.manifest["sources"] == [] and bundle.manifest["regenerate"] is None
+    data = export.figure_data(go.Figure(json.loads(bundle.files["figure.json"])))
+    assert data.y.astype(float).tolist() == [0.5, 0.25, 0.125]
+    with pytest.raises(BadRequest, match="records no analysis run"):
+        export.regenerate(workbench, bundle)
