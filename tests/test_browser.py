@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -110,7 +111,10 @@ def test_switch_model_compare_and_download_svg(server, page, tmp_path):
     page.wait_for_selector(IDLE, timeout=60_000)
     page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
     page.get_by_role("option", name="Gemma 3 270M base (Gemma 3, 18 layers)").click()
+    page.wait_for_url("**model=gemma3-270m**", timeout=60_000)  # the rerun for the new model has happened
     page.wait_for_selector(IDLE, timeout=60_000)
+    expect(page.get_by_role("combobox", name="Second model")).to_have_value(
+        "SmolLM2-135M-Instruct (Llama, 30 layers)", timeout=30_000)  # moved off the model now in the sidebar
     page.get_by_role("button", name="Compare").click()
     charts = page.locator('[data-testid="stPlotlyChart"]')
     expect(charts).to_have_count(7, timeout=400_000)  # overlay + 3 analyses x 2 models (Gemma may convert first)
@@ -131,3 +135,15 @@ def test_switch_model_compare_and_download_svg(server, page, tmp_path):
     text = svg.read_text()
     assert text.lstrip().startswith("<svg") and "gemma3-270m" in text and "smollm2-135m" in text
     assert f'width="{7 * 96}"' in text  # the default paper size: double column, 7 in
+    # the overlay's bundle regenerates the same figure from its manifest
+    with page.expect_download(timeout=120_000) as download_info:
+        page.get_by_role("button", name="Bundle (.zip)").first.click()
+    bundle_path = tmp_path / "overlay.zip"
+    download_info.value.save_as(bundle_path)
+    import zipfile
+
+    with zipfile.ZipFile(bundle_path) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        assert {"figure.svg", "figure.png", "figure.pdf", "data.csv", "figure.json"} <= set(archive.namelist())
+    assert manifest["figure"] == "summary_overlay"
+    assert {s["model"] for s in manifest["sources"]} == {"gemma3-270m", "smollm2-135m"}
