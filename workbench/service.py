@@ -185,6 +185,7 @@ class Workbench:
         local = self.local_model(model_name, progress)
 
         def compute() -> sink_levels.SinkLevelsResult:
+            _check_texts(request.prompts, "Prompt", self.settings, self.model(model_name, progress))  # all, first
             probes = []
             for index, text in enumerate(request.prompts):
                 progress(index / len(request.prompts), f"Probing prompt {index + 1} of {len(request.prompts)}")
@@ -258,6 +259,10 @@ class Workbench:
         config = config or tuned_lens.TunedLensConfig()
         prompts.check_text(prompt, self.settings)
         local = self.local_model(model_name, progress)
+        model = self.model(model_name, progress)  # prompt length and target checked before the training state
+        prompts.encode(model, prompt, self.settings)
+        if target:
+            prompts.single_token_id(model, target)
         translators, step = self.tuned_lens_trainer(model_name, config, progress).snapshot()
         if step == 0:
             raise BadRequest("This tuned lens has not been trained yet: start training first.")
@@ -451,16 +456,17 @@ class Workbench:
         sequences = [list(model.tokenizer(text).input_ids) for text in texts]
         for index, seq in enumerate(sequences):
             if len(seq) + concept_depth.MAX_NOISE_TOKENS > limit:
-                raise BadRequest(f"Text {index + 1} is {len(seq)} tokens long; with room for noise tokens the "
+                raise BadPrompt(f"Text {index + 1} is {len(seq)} tokens long; with room for noise tokens the "
                                  f"limit is {limit - concept_depth.MAX_NOISE_TOKENS} tokens. Shorten it.")
         return sequences
 
 
-def _check_texts(texts, what: str, settings: Settings) -> None:
-    """``prompts.check_text`` on each of a set of texts; the message says which one is bad."""
+def _check_texts(texts, what: str, settings: Settings, model: LoadedModel | None = None) -> None:
+    """``prompts.check_text`` (with a model: ``prompts.encode``, the token limit too) on each of a set
+    of texts; the message says which one is bad."""
     for index, text in enumerate(texts):
         try:
-            prompts.check_text(text, settings)
+            prompts.check_text(text, settings) if model is None else prompts.encode(model, text, settings)
         except BadPrompt as exc:
             raise BadPrompt(f"{what} {index + 1} of {len(texts)}: {exc}") from exc
 

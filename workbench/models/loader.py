@@ -115,7 +115,7 @@ def _read_model_type(local: LocalModel) -> str:
     try:
         return AutoConfig.from_pretrained(local.path).model_type
     except Exception as exc:
-        raise ModelLoadError(f"Could not read the config of {local.path}: {exc}") from exc
+        raise ModelLoadError(f"Could not read the config of {local.path}: {_first_line(exc)}") from exc
 
 
 def load(local: LocalModel, settings: Settings) -> LoadedModel:
@@ -207,6 +207,13 @@ def _load_failure(exc: Exception) -> str:
                 "the config and the weights belong to different models.")
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else type(exc).__name__
+
+
+def _first_line(exc: Exception, limit: int = 300) -> str:
+    """The first line of an error message, cut to ``limit`` characters (transformers adds pages of advice)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
 
 
 def _check_complete_weights(hf_model: torch.nn.Module, local: LocalModel) -> None:
