@@ -1,0 +1,120 @@
+"""Memory: a logit lens on a prompt at the token limit decodes the residual stream in slot chunks
+(``logit_lens._slot_chunks``), so its peak memory stays well below the (layer, seq, vocab) float32
+logits it would need all at once; a prompt over the limit is refused before the model runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.tiny_models import build_tokenizer
+from workbench import prompts, tracing
+from workbench.analyses import logit_lens
+from workbench.analyses.logit_lens import LogitLensRequest
+from workbench.config import Settings
+from workbench.errors import BadPrompt
+from workbench.service import Workbench
+
+LIMIT = 256  # tokens: the settings' limit and the model's max positions
+VOCAB = 64_000
+N_LAYERS = 12
+WORD = " Mary"  # one token in the tiny tokenizer, and no BOS is added: n words = n tokens
+
+
+@pytest.fixture(scope="module")
+def big_vocab_dir(tmp_path_factory) -> Path:
+    """A narrow Llama (d=32) with a 64k vocabulary: its full lens logits are large, its weights small."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    directory = tmp_path_factory.mktemp("big_vocab")
+    tokenizer = build_tokenizer()
+    tokenizer.add_tokens([f"<extra_{i}>" for i in range(VOCAB - len(tokenizer))])
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=N_LAYERS, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=LIMIT, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def wb(tmp_path):
+    backend = Workbench(Settings(cache_dir=tmp_path / "cache", max_prompt_tokens=LIMIT))
+    yield backend
+    backend.close()
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/self/status")
+
+
+def test_lens_at_the_token_limit_decodes_in_chunks(wb, big_vocab_dir, monkeypatch):
+    name = str(big_vocab_dir)
+    model = wb.model(name)
+    prompt = WORD * LIMIT
+    assert len(prompts.encode(model, prompt, wb.settings).ids) == LIMIT  # exactly at the limit
+    n_slots = N_LAYERS + 1
+    all_at_once = n_slots * LIMIT * VOCAB * 4  # bytes of the float32 logits of every slot: 852 MB
+
+    decoded_slots = []
+    plain_decode = type(model).decode
+
+    def counting_decode(self, resid, **kwargs):
+        decoded_slots.append(resid.shape[0])
+        return plain_decode(self, resid, **kwargs)
+
+    monkeypatch.setattr(type(model), "decode", counting_decode)
+    can_measure = _reset_peak_rss()
+    baseline = _peak_rss_bytes()
+    result = wb.logit_lens(name, LogitLensRequest(prompt, top_k=3))
+    peak_increase = _peak_rss_bytes() - baseline
+
+    assert result.top_ids.shape == (n_slots, LIMIT, 3)
+    assert sum(decoded_slots) == n_slots and len(decoded_slots) > 1  # chunked, every slot once
+    chunk = max(decoded_slots)
+    assert chunk * LIMIT * VOCAB * 4 * 3 <= 256 << 20  # each chunk (logits, log-probs, a temporary) fits the budget
+    np.testing.assert_allclose(result.kl_to_final[-1], 0.0, atol=1e-9)  # the last row is the model's own output
+    if can_measure:
+        # measured: ~320 MiB (about five one-slot (seq, vocab) arrays live at once) vs 812 MiB for all slots
+        assert peak_increase < all_at_once / 2, (
+            f"peak RSS grew by {peak_increase / 2**20:.0f} MiB; all slots' logits are {all_at_once / 2**20:.0f} MiB"
+        )
+
+
+def test_over_limit_prompt_is_refused_before_tracing(wb, big_vocab_dir, monkeypatch):
+    name = str(big_vocab_dir)
+    wb.model(name)  # loaded: the refusal below must come from the token count, not from loading
+    traced = []
+    for function in ("residual_stream", "attention_and_states", "sublayer_stream"):
+        original = getattr(tracing, function)
+        monkeypatch.setattr(tracing, function,
+                            lambda *a, _f=original, _n=function, **k: traced.append(_n) or _f(*a, **k))
+    with pytest.raises(BadPrompt, match=f"{LIMIT + 1} tokens long; the limit for .* is {LIMIT} tokens"):
+        wb.logit_lens(name, LogitLensRequest(WORD * (LIMIT + 1)))
+    assert traced == []
+    assert wb.store.count_results() == 0
+
+
+def test_slot_chunks_cover_every_slot_within_the_budget():
+    for n_slots, seq, vocab in [(31, 256, 49_152), (19, 256, 262_144), (4, 8, 400), (9, 256, 64_000)]:
+        chunks = logit_lens._slot_chunks(n_slots, seq, vocab)
+        covered = [i for chunk in chunks for i in range(chunk.start, chunk.stop)]
+        assert covered == list(range(n_slots))
+        size = max(chunk.stop - chunk.start for chunk in chunks)
+        assert size == 1 or size * seq * vocab * 4 * 3 <= 256 << 20
