@@ -426,3 +426,62 @@ def test_fuzzed_prompts_through_attention_sinks(fuzz_wb, model_dir):
                   "attention_sinks", accepted)
 
     check()
+
+
+# ----------------------------------------------------------------------------- pages (AppTest)
+
+# page, widgets to set (key -> value), submit button key, phrase of the expected message
+PAGE_CASES = {
+    "logit_lens_binary_prompt": ("logit_lens", {"ll_prompt": "abc\x00def"}, None, "control or binary"),
+    "logit_lens_control_target": ("logit_lens", {"ll_target": "\x07"}, None, "control or binary"),
+    "depth_use_blank_prompt": ("depth_use", {"du_prompt": " \n "}, None, "The prompt is empty"),
+    "sink_probe_too_long": ("attention_sinks", {"sk_prompt": "one two three " * 100},
+                            "FormSubmitter:sinks_form-Run sink probe", "tokens long; the limit"),
+    "sink_levels_binary_line": ("attention_sinks", {"lv_prompts": "A good prompt\nred \x1b[31m text"},
+                                "FormSubmitter:levels_form-Run over the prompt set",
+                                "Prompt 2 of 2: The prompt contains control or binary"),
+    "patching_multi_token_answer": ("patching", {"pt_answer": " Maryxyzzy"},
+                                    "FormSubmitter:patching_form-Run patching", "not one"),
+    "patching_empty_wrong": ("patching", {"pt_wrong": ""}, "FormSubmitter:patching_form-Run patching", "empty"),
+    "neuron_search_long_token": ("neurons", {"ns_token": " Paris" * 100},
+                                 "FormSubmitter:neuron_token_search-Search by top token", "not one token"),
+    "neuron_effect_empty_prompt": ("neurons", {"ne_prompt": "   "},
+                                   "FormSubmitter:neuron_explorer_form-Explore neuron", "The prompt is empty"),
+    "tuned_lens_binary_prompt": ("tuned_lens", {"tl_prompt": "bell \x07 here"},
+                                 "FormSubmitter:tl_compare-Compare lenses", "control or binary"),
+}
+
+
+def _set_widget(at, key: str, value: str) -> None:
+    for kind in ("text_area", "text_input"):
+        try:
+            getattr(at, kind)(key=key).input(value)
+            return
+        except KeyError:
+            continue
+    raise AssertionError(f"no text widget with key {key!r}")
+
+
+@pytest.mark.parametrize("case", sorted(PAGE_CASES))
+def test_bad_input_on_each_page_shows_a_message(app, tiny_dirs, case):
+    from tests.page_helpers import open_page
+
+    page, widgets, button, phrase = PAGE_CASES[case]
+    at = open_page(app, f"app_pages/{page}.py", str(tiny_dirs["llama"]))
+    for key, value in widgets.items():
+        _set_widget(at, key, value)
+    (at.button(key=button) if button else at.button[0]).click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any(phrase in e for e in errors), errors
+    assert not at.get("plotly_chart") or page in ("neurons",)  # nothing drawn from a refused request
+
+
+@pytest.mark.parametrize("page", ["logit_lens", "latent_language", "concept_depth", "depth_use"])
+def test_broken_model_directory_on_a_page_shows_a_message(app, broken_dirs, page):
+    from tests.page_helpers import open_page
+
+    at = open_page(app, f"app_pages/{page}.py", str(broken_dirs["no_tokenizer"]))
+    at.button[0].click().run()
+    assert not at.exception
+    assert any("no tokenizer" in e.value for e in at.error), [e.value for e in at.error]
