@@ -275,3 +275,21 @@ def test_a_live_figure_bundle_records_data_but_is_not_regenerable(workbench):
     assert data.y.astype(float).tolist() == [0.5, 0.25, 0.125]
     with pytest.raises(BadRequest, match="records no analysis run"):
         export.regenerate(workbench, bundle)
+
+
+def test_paper_style_fits_heatmap_text_and_layer_ticks():
+    rows = 31
+    z = np.random.default_rng(0).random((rows, 5))
+    fig = go.Figure(go.Heatmap(z=z, text=np.full((rows, 5), "tok"), texttemplate="%{text}"))
+    fig.update_yaxes(tickmode="array", tickvals=list(range(rows)), ticktext=[str(i) for i in range(rows)])
+    fig.update_xaxes(tickmode="array", tickvals=list(range(5)), ticktext=list("abcde"))
+    style = export.paper_style("single column")
+    out = export.styled(fig, style)
+    cell_px = style.height_px * 0.7 / rows
+    assert out.data[0].textfont.size <= 0.8 * cell_px + 1e-9
+    label_px = style.font_pt * 96 / 72 * 1.2
+    assert len(out.layout.yaxis.tickvals) * label_px <= style.height_px * 0.7  # layer labels no longer overlap
+    assert list(out.layout.xaxis.ticktext) == list("abcde")  # every token label kept
+    tiny = export.styled(go.Figure(go.Heatmap(z=np.zeros((400, 3)), text=np.full((400, 3), "t"),
+                                              texttemplate="%{text}")), style)
+    assert tiny.data[0].texttemplate == ""  # cells too small for text: none drawn

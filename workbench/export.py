@@ -109,7 +109,41 @@ def styled(fig: go.Figure, style: PaperStyle) -> go.Figure:
         legend={"font": {"size": font_px * 0.9}},
     )
     out.update_annotations(font_size=font_px)  # subplot titles
+    out.update_xaxes(title_font_size=font_px, tickfont_size=font_px * 0.9)
+    out.update_yaxes(title_font_size=font_px, tickfont_size=font_px * 0.9)
+    _thin_ticks(out, style, font_px)
+    for trace in out.data:
+        if trace.type == "heatmap":
+            trace.update(colorbar={"title": {"font": {"size": font_px}}, "tickfont": {"size": font_px * 0.9},
+                                   "thickness": font_px * 1.2})
+            _fit_cell_text(trace, style, font_px)
     return out
+
+
+def _thin_ticks(fig: go.Figure, style: PaperStyle, font_px: float) -> None:
+    """Keep every k-th label of an explicit y tick list (layers) so labels do not overlap at this
+    size; x labels (tokens) are all kept, plotly turns them when they crowd."""
+    for axis in fig.select_yaxes():
+        if axis.tickvals is None or axis.ticktext is None or len(axis.tickvals) < 2:
+            continue
+        share = axis.domain[1] - axis.domain[0] if axis.domain else 1.0
+        room = style.height_px * 0.7 * share
+        step = int(-(-len(axis.tickvals) * font_px * 1.2 // room))
+        if step > 1:
+            axis.update(tickvals=list(axis.tickvals)[::step], ticktext=list(axis.ticktext)[::step])
+
+
+def _fit_cell_text(trace, style: PaperStyle, font_px: float) -> None:
+    """Shrink a heatmap's in-cell text to its cells' height at this size, or drop it when too small."""
+    if trace.z is None or not (trace.text is not None or trace.texttemplate):
+        return
+    rows = len(_as_array(trace.z))
+    plot_height = style.height_px * 0.7  # roughly what the margins leave
+    size = min(font_px * 0.8, 0.8 * plot_height / max(rows, 1))
+    if size < 4:
+        trace.update(texttemplate="", text=None)
+    else:
+        trace.update(textfont={"size": size})
 
 
 # ---------------------------------------------------------------------------------------- images

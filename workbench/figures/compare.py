@@ -34,9 +34,11 @@ def summary_overlay(rows: list[LayerSummary], title: str = "") -> go.Figure:
         ), row=index // cols + 1, col=index % cols + 1)
         if "rank" in row.metric:
             fig.update_yaxes(type="log", autorange="reversed", row=index // cols + 1, col=index % cols + 1)
-    fig.update_xaxes(title_text="normalised depth l/L", range=[-0.02, 1.02], dtick=0.25)
-    fig.update_layout(title=title or "Per-layer summaries on normalised depth", height=320 * n_rows + 80,
-                      legend={"orientation": "h", "y": -0.12 if n_rows == 1 else -0.06},
-                      margin={"l": 50, "r": 20, "t": 80, "b": 60})
+    fig.update_xaxes(range=[-0.02, 1.02], dtick=0.25)
+    fig.update_xaxes(title_text="normalised depth l/L", row=n_rows)  # the bottom row only
+    fig.update_layout(title=title or "Per-layer summaries on normalised depth", height=300 * n_rows + 100,
+                      legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 0.995, "yanchor": "top",
+                              "yref": "container"},
+                      margin={"l": 50, "r": 20, "t": 90, "b": 60})
     fig.update_annotations(font_size=12)
     return fig
