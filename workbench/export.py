@@ -128,7 +128,9 @@ def _thin_ticks(fig: go.Figure, style: PaperStyle, font_px: float) -> None:
             continue
         share = axis.domain[1] - axis.domain[0] if axis.domain else 1.0
         room = style.height_px * 0.7 * share
-        step = int(-(-len(axis.tickvals) * font_px * 1.2 // room))
+        count, step = len(axis.tickvals), 1
+        while -(-count // step) * font_px * 1.2 > room and step < count:
+            step += 1
         if step > 1:
             axis.update(tickvals=list(axis.tickvals)[::step], ticktext=list(axis.ticktext)[::step])
 
