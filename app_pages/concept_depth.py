@@ -29,19 +29,26 @@ st.info(f"Bundled tasks (factual: city/country truth; emotional: sentiment with 
 model_name = ui.selected_model()
 
 with st.form("cd_form"):
+    compare_choices = [NONE, *catalog.catalog_names(), OTHER]
+    for key, default, options in (("cd_tasks", list(concept_datasets.TASKS), concept_datasets.TASKS),
+                                  ("cd_site", "mlp_input", list(SITE_LABELS)), ("cd_compare", NONE, compare_choices)):
+        ui.url_default(key, default, choices=options)
+    ui.url_default("cd_limit", 400, bounds=(20, concept_datasets.CSV_MAX_ROWS))
+    ui.url_default("cd_fraction", 0.9, bounds=(0.5, 1.0))
+    ui.url_default("cd_noise", 0, bounds=(0, MAX_NOISE_TOKENS))
+    ui.url_default("cd_compare_custom", "")
     cols = st.columns([2, 2, 1])
-    tasks = cols[0].multiselect("Bundled tasks", concept_datasets.TASKS, default=list(concept_datasets.TASKS),
-                                key="cd_tasks")
+    tasks = cols[0].multiselect("Bundled tasks", concept_datasets.TASKS, key="cd_tasks")
     upload = cols[1].file_uploader("Your dataset (CSV: text,label)", type=["csv"], key="cd_csv")
-    limit = cols[2].number_input("Texts per task at most", 20, concept_datasets.CSV_MAX_ROWS, 400, step=20,
+    limit = cols[2].number_input("Texts per task at most", 20, concept_datasets.CSV_MAX_ROWS, step=20,
                                  key="cd_limit", help="A balanced, seeded subset; fewer texts run faster.")
     cols = st.columns(4)
     site = cols[0].radio("Representation", list(SITE_LABELS), format_func=SITE_LABELS.get, key="cd_site")
-    fraction = cols[1].slider("Depth threshold (fraction of the best accuracy)", 0.5, 1.0, 0.9, 0.01,
+    fraction = cols[1].slider("Depth threshold (fraction of the best accuracy)", 0.5, 1.0, step=0.01,
                               key="cd_fraction")
-    noise = cols[2].number_input("Noise tokens to prepend (0: none)", 0, MAX_NOISE_TOKENS, 0, key="cd_noise",
+    noise = cols[2].number_input("Noise tokens to prepend (0: none)", 0, MAX_NOISE_TOKENS, key="cd_noise",
                                  help="Seeded random vocabulary tokens; the page then also shows the depth shift.")
-    compare = cols[3].selectbox("Compare with model", [NONE, *catalog.catalog_names(), OTHER], key="cd_compare")
+    compare = cols[3].selectbox("Compare with model", compare_choices, key="cd_compare")
     compare_custom = cols[3].text_input("Other model (directory or hub id)", key="cd_compare_custom")
     submitted = st.form_submit_button("Run probes", type="primary")
 
@@ -55,7 +62,9 @@ def _datasets(task_names, csv_file, cap):
     return [d.subset(int(cap)) for d in sets]
 
 
-if submitted:
+if submitted or ui.opened_from_link("cd_request", ["cd_tasks"]):
+    ui.share({"cd_tasks": list(tasks), "cd_limit": int(limit), "cd_site": site, "cd_fraction": float(fraction),
+              "cd_noise": int(noise), "cd_compare": compare, "cd_compare_custom": compare_custom})
     datasets = ui.guarded(lambda: _datasets(tasks, upload, limit))
     other = compare_custom.strip() if compare == OTHER else (None if compare == NONE else compare)
     if datasets is not None:

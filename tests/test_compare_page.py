@@ -129,3 +129,15 @@ def test_every_chart_has_export_controls(app, tiny_dirs, monkeypatch):
     labels = [b.proto.label for b in at.get("download_button")]
     assert "SVG" not in labels and labels.count("Bundle (.zip)") == 2
     assert any("needs a Chromium browser" in i.value for i in at.info)
+
+
+def test_concept_depth_link_restores_its_form(app, tiny_dirs):
+    link = {"model": str(tiny_dirs["llama"]), "cd_tasks": ["emotional"], "cd_limit": "40", "cd_site": "block_output",
+            "cd_noise": "2", "cd_compare": "none"}
+    at = open_link(app, "app_pages/concept_depth.py", link)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.multiselect(key="cd_tasks").value == ["emotional"] and at.number_input(key="cd_limit").value == 40
+    assert at.radio(key="cd_site").value == "block_output" and at.number_input(key="cd_noise").value == 2
+    assert len(at.get("plotly_chart")) == 1  # the link ran the probes (clean and with noise tokens)
+    table = at.dataframe[0].value
+    assert sorted(table["noise tokens"].tolist()) == [0, 2] and set(table["task"]) == {"emotional"}
