@@ -1,0 +1,211 @@
+"""Load test: several browser sessions on one real server, every answer checked against the backend.
+
+A Streamlit server on a throwaway cache; four browser contexts (one Chromium, async playwright)
+each run the logit lens at the same time on a different prompt, on the same tiny model directory
+picked through the sidebar's "Other" entry; each heatmap is read back from the page and compared
+with the backend's own result. Then one session runs a long job (the IOI faithfulness scoreboard)
+while another reopens a cached logit lens, which must come back well before the long job ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+
+from workbench.analyses.logit_lens import LogitLensRequest
+from workbench.config import PROJECT_ROOT, Settings
+from workbench.figures import display_token
+from workbench.service import Workbench
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+RUNNING = '[data-testid="stApp"][data-test-script-state="running"]'
+CHART = '[data-testid="stPlotlyChart"]'
+TARGET = " Paris"
+PROMPTS = [
+    "The capital of France is",
+    "When Mary and John went to the store, John gave a drink to",
+    "Alice and Bob walked to the park",
+    "One two three four five six",
+]
+# The heatmap's data as the browser holds it (plotly decodes typed arrays; nested ones are converted).
+READ_HEATMAP = """el => {
+  const gd = el.querySelector('.js-plotly-plot');
+  const plain = v => ArrayBuffer.isView(v) ? Array.from(v) : Array.isArray(v) ? v.map(plain) : v;
+  const trace = gd._fullData[0];
+  return {title: gd.layout.title.text, text: plain(trace.text), z: plain(trace.z)};
+}"""
+
+
+def _free_port(low: int = 8610, high: int = 8699) -> int:
+    for port in range(low, high + 1):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port in 8610-8699")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LAYERLENS_CACHE_DIR": str(tmp_path_factory.mktemp("load_cache")),
+        "LAYERLENS_MODELS_DIR": str(PROJECT_ROOT / "cache" / "models"),
+        "LAYERLENS_THREADS": os.environ.get("LAYERLENS_THREADS", "1"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    log_path = tmp_path_factory.mktemp("load_log") / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py"),
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail(f"streamlit did not become healthy; log: {log_path}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_dirs, tmp_path_factory):
+    """The backend's own logit lens for each prompt (its own cache, not the server's)."""
+    backend = Workbench(Settings(cache_dir=tmp_path_factory.mktemp("direct_cache")))
+    try:
+        return {p: backend.logit_lens(str(tiny_dirs["llama"]), LogitLensRequest(p, TARGET, 5)) for p in PROMPTS}
+    finally:
+        backend.close()
+
+
+def _lens_url(server: str, model: str, prompt: str | None = None) -> str:
+    params = {"model": model}
+    if prompt is not None:  # a shared link: the page runs the request itself
+        params.update(ll_prompt=prompt, ll_target=TARGET, ll_top_k="5")
+    return f"{server}/logit_lens?{urllib.parse.urlencode(params, quote_via=urllib.parse.quote)}"
+
+
+def _check_heatmap(shown: dict, result) -> None:
+    """Every cell of the page's heatmap is the backend's top-1 token and probability."""
+    assert re.sub(r"<[^>]+>", "", shown["title"]) == f"Logit lens: {result.model_name}"  # the page may bold it
+    expected_text = np.vectorize(display_token)(result.top_tokens[:, :, 0])
+    assert np.array(shown["text"]).tolist() == expected_text.tolist()
+    np.testing.assert_allclose(np.array(shown["z"], dtype=float), result.top_probs[:, :, 0], rtol=0, atol=1e-6)
+
+
+async def _run_lens_in_form(context, server: str, model: str, prompt: str) -> tuple[dict, float]:
+    """One session: open the page on ``model`` (sidebar 'Other'), type ``prompt``, run, read the heatmap."""
+    page = await context.new_page()
+    await page.goto(_lens_url(server, model))
+    custom = page.get_by_label("Model directory or hub id")  # shown only for the sidebar's 'Other' entry
+    await custom.wait_for(state="visible", timeout=60_000)
+    await page.wait_for_selector(IDLE, timeout=60_000)
+    assert await custom.input_value() == model
+    await page.get_by_label("Prompt").fill(prompt)
+    started = time.monotonic()
+    await page.get_by_role("button", name="Run logit lens").click()
+    chart = page.locator(CHART).first
+    await chart.wait_for(state="visible", timeout=60_000)
+    await page.wait_for_selector(IDLE, timeout=60_000)
+    seconds = time.monotonic() - started
+    assert await page.locator('[data-testid="stException"]').count() == 0
+    assert await page.locator('[data-testid="stAlert"]').filter(has_text="rror").count() == 0
+    return await chart.evaluate(READ_HEATMAP), seconds
+
+
+async def _long_scoreboard(context, server: str, model: str, started: asyncio.Event) -> float:
+    """The faithfulness scoreboard over many IOI pairs: every pair activation-patched at every site."""
+    page = await context.new_page()
+    await page.goto(f"{server}/patching?{urllib.parse.urlencode({'model': model})}")
+    await page.wait_for_selector(IDLE, timeout=60_000)
+    await page.get_by_role("tab", name="Faithfulness scoreboard").click()
+    await page.get_by_label("IOI pairs").fill("100")
+    await page.get_by_label("Seed").fill("7")
+    await page.get_by_label("Seed").press("Tab")
+    begin = time.monotonic()
+    await page.get_by_role("button", name="Run scoreboard").click()
+    await page.wait_for_selector(RUNNING, timeout=30_000)
+    await page.get_by_text(re.compile(r"Pair \d+ of 100")).first.wait_for(timeout=60_000)  # under way
+    started.set()
+    await page.locator(CHART).first.wait_for(state="visible", timeout=120_000)
+    await page.wait_for_selector(IDLE, timeout=120_000)
+    assert await page.locator('[data-testid="stException"]').count() == 0
+    return time.monotonic() - begin
+
+
+async def _cached_read(context, server: str, model: str, prompt: str, started: asyncio.Event) -> tuple[dict, float]:
+    await started.wait()
+    page = await context.new_page()
+    begin = time.monotonic()
+    await page.goto(_lens_url(server, model, prompt))  # a shared link: the page re-runs the cached request
+    chart = page.locator(CHART).first
+    await chart.wait_for(state="visible", timeout=60_000)
+    await page.wait_for_selector(IDLE, timeout=60_000)
+    return await chart.evaluate(READ_HEATMAP), time.monotonic() - begin
+
+
+async def _load_scenario(server: str, model: str) -> dict:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            contexts = [await browser.new_context(viewport={"width": 1300, "height": 900}) for _ in PROMPTS]
+            lens = await asyncio.gather(*(_run_lens_in_form(c, server, model, p)
+                                          for c, p in zip(contexts, PROMPTS, strict=True)))
+            started = asyncio.Event()
+            long_seconds, (reread, read_seconds) = await asyncio.gather(
+                _long_scoreboard(contexts[0], server, model, started),
+                _cached_read(contexts[1], server, model, PROMPTS[0], started),
+            )
+            return {"lens": lens, "long_seconds": long_seconds, "reread": reread, "read_seconds": read_seconds}
+        finally:
+            await browser.close()
+
+
+def test_concurrent_sessions_answers_and_cached_reads_during_a_long_job(server, tiny_dirs, expected):
+    assert os.path.exists(CHROMIUM), "Debian chromium is required for browser tests: apt-get install chromium"
+    model = str(tiny_dirs["llama"])
+    outcome = asyncio.run(_load_scenario(server, model))
+    long_seconds, read_seconds = outcome["long_seconds"], outcome["read_seconds"]
+    print(f"long job {long_seconds:.1f} s; cached read during it {read_seconds:.2f} s; "
+          f"concurrent lens runs {[round(s, 1) for _, s in outcome['lens']]} s")
+    for prompt, (shown, _seconds) in zip(PROMPTS, outcome["lens"], strict=True):
+        _check_heatmap(shown, expected[prompt])  # four sessions at once, each got its own prompt's answer
+    _check_heatmap(outcome["reread"], expected[PROMPTS[0]])
+    assert read_seconds < 0.5 * long_seconds, (read_seconds, long_seconds)  # not queued behind the long job
