@@ -12,9 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -22,19 +19,13 @@ import urllib.request
 import numpy as np
 import pytest
 
+from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, IDLE, streamlit_server
 from workbench.analyses.logit_lens import LogitLensRequest
-from workbench.config import PROJECT_ROOT, Settings
+from workbench.config import Settings
 from workbench.figures import display_token
 from workbench.service import Workbench
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
 RUNNING = '[data-testid="stApp"][data-test-script-state="running"]'
 CHART = '[data-testid="stPlotlyChart"]'
 TARGET = " Paris"
@@ -53,54 +44,12 @@ READ_HEATMAP = """el => {
 }"""
 
 
-def _free_port(low: int = 8610, high: int = 8699) -> int:
-    for port in range(low, high + 1):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.skip("no free port in 8610-8699")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = _free_port()
-    env = {
-        **os.environ,
-        "LAYERLENS_CACHE_DIR": str(tmp_path_factory.mktemp("load_cache")),
-        "LAYERLENS_MODELS_DIR": str(PROJECT_ROOT / "cache" / "models"),
-        "LAYERLENS_THREADS": os.environ.get("LAYERLENS_THREADS", "1"),
-        "HF_HUB_OFFLINE": "1",
-    }
-    log_path = tmp_path_factory.mktemp("load_log") / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py"),
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            pytest.fail(f"streamlit did not become healthy; log: {log_path}")
+    extra = {"LAYERLENS_THREADS": os.environ.get("LAYERLENS_THREADS", "1")}
+    with streamlit_server(tmp_path_factory.mktemp("load_cache"), tmp_path_factory.mktemp("load_log") / "server.log",
+                          extra) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

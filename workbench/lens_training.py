@@ -124,6 +124,7 @@ class LensTrainer:
         return self.status()
 
     def _run(self, target_steps: int) -> None:
+        torch.set_num_threads(torch.get_num_threads())  # the process's setting, applied to this new thread
         try:
             self.train(target_steps)
         except Exception:  # recorded in the status; the thread must not die noisily

@@ -74,7 +74,13 @@ class Workbench:
     # ------------------------------------------------------------------ models
 
     def local_model(self, name: str, progress: Progress = _silent) -> LocalModel:
-        """The model's directory and digest, converting bundled weights on first use."""
+        """The model's directory and digest, converting bundled weights on first use.
+
+        Every request passes here first, in the thread that serves it: torch's thread count is an
+        OpenMP setting of the calling thread, so ``LAYERLENS_THREADS`` is applied here, not only
+        in the thread that happened to load the model."""
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
         entry = catalog.resolve(name)
         with self._lock_for(entry.name):
             if entry.name not in self._local:

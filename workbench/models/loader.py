@@ -148,7 +148,12 @@ def load(local: LocalModel, settings: Settings) -> LoadedModel:
     adapter.validate(spec, hf_model, hf_model.config.model_type)
     _check_complete_weights(hf_model, local)
     _check_tied_unembedding(hf_model, spec, local)
-    n_layers = len(hf_model.get_submodule(spec.layers))
+    return _loaded(local, lm, spec)
+
+
+def _loaded(local: LocalModel, lm, spec: adapter.ArchitectureSpec) -> LoadedModel:
+    """The LoadedModel of a validated nnsight model (real weights, or NDIF's meta skeleton)."""
+    module = lm._module
     return LoadedModel(
         name=local.name,
         digest=local.digest,
@@ -156,7 +161,8 @@ def load(local: LocalModel, settings: Settings) -> LoadedModel:
         lm=lm,
         tokenizer=lm.tokenizer,
         spec=spec,
-        info=_model_info(hf_model.config, spec, n_layers),
+        info=_model_info(module.config, spec, len(module.get_submodule(spec.layers))),
+        remote=local.remote,
     )
 
 
@@ -259,13 +265,4 @@ def _load_remote(local: LocalModel) -> LoadedModel:
         raise ModelLoadError(f"Could not build {local.name} from its config and tokenizer: {exc}") from exc
     skeleton = lm._module
     adapter.validate(spec, skeleton, skeleton.config.model_type)
-    return LoadedModel(
-        name=local.name,
-        digest=local.digest,
-        note=local.note,
-        lm=lm,
-        tokenizer=lm.tokenizer,
-        spec=spec,
-        info=_model_info(skeleton.config, spec, len(skeleton.get_submodule(spec.layers))),
-        remote=local.remote,
-    )
+    return _loaded(local, lm, spec)
