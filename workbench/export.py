@@ -16,6 +16,7 @@ Owns three things:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import hashlib
 import io
@@ -260,6 +261,7 @@ def shared_exporter() -> ImageExporter:
     with _EXPORTER_LOCK:
         if _EXPORTER is None:
             _EXPORTER = ImageExporter()
+            atexit.register(_EXPORTER.close)  # no orphaned Chromium when the server stops
         return _EXPORTER
 
 
