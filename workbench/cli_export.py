@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def add_run_command(subparsers) -> None:
     parser.add_argument("--size", default=export.DEFAULT_STYLE, choices=list(export.PAPER_STYLES))
     parser.add_argument("--format", action="append", choices=[*export.FORMATS, "none"],
                         help="image format, repeatable (default: svg, png and pdf; 'none' for data only)")
-    parser.add_argument("--out", type=Path, help="bundle directory (default: exports/<analysis>-<figure>-<id>)")
+    parser.add_argument("--out", type=Path, help="bundle directory (default: exports/<analysis>-<figure>-<model>-<request id>)")
     parser.add_argument("--zip", action="store_true", help="write one .zip instead of a directory")
     parser.set_defaults(handler=_run)
 
@@ -104,7 +105,8 @@ def _run(args) -> int:
     if figure not in entry.figures:
         raise BadRequest(f"{entry.name} has no figure {figure!r}. Figures: {', '.join(entry.figures)}.")
     spec = export.FigureSpec(f"{entry.name}:{figure}", (export.FigureSource(entry.name, args.model, request),))
-    out = args.out or Path("exports") / f"{entry.name}-{figure}-{request_digest(request)[:10]}"
+    model_slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(args.model).name or args.model).strip("-")
+    out = args.out or Path("exports") / f"{entry.name}-{figure}-{model_slug}-{request_digest(request)[:10]}"
     workbench = _workbench()
     try:
         bundle = export.make_bundle(workbench, spec, export.paper_style(args.size),
