@@ -293,3 +293,12 @@ def test_paper_style_fits_heatmap_text_and_layer_ticks():
     tiny = export.styled(go.Figure(go.Heatmap(z=np.zeros((400, 3)), text=np.full((400, 3), "t"),
                                               texttemplate="%{text}")), style)
     assert tiny.data[0].texttemplate == ""  # cells too small for text: none drawn
+
+
+def test_cli_default_bundle_names_differ_per_model(cli_env, tiny_dirs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for arch in ("gpt2", "llama"):
+        assert cli.main(["run", "logit_lens", "--model", str(tiny_dirs[arch]), "--prompt", PROMPT, "--format",
+                         "none"]) == 0
+    names = sorted(p.name for p in (tmp_path / "exports").iterdir())
+    assert len(names) == 2 and names[0].startswith("logit_lens-heatmap-gpt2-") and "-llama-" in names[1]

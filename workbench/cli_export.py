@@ -37,7 +37,8 @@ def add_run_command(subparsers) -> None:
     parser.add_argument("--size", default=export.DEFAULT_STYLE, choices=list(export.PAPER_STYLES))
     parser.add_argument("--format", action="append", choices=[*export.FORMATS, "none"],
                         help="image format, repeatable (default: svg, png and pdf; 'none' for data only)")
-    parser.add_argument("--out", type=Path, help="bundle directory (default: exports/<analysis>-<figure>-<model>-<request id>)")
+    parser.add_argument("--out", type=Path,
+                        help="bundle directory (default: exports/<analysis>-<figure>-<model>-<request id>)")
     parser.add_argument("--zip", action="store_true", help="write one .zip instead of a directory")
     parser.set_defaults(handler=_run)
 
