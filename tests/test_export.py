@@ -302,3 +302,82 @@ def test_cli_default_bundle_names_differ_per_model(cli_env, tiny_dirs, tmp_path,
                          "none"]) == 0
     names = sorted(p.name for p in (tmp_path / "exports").iterdir())
     assert len(names) == 2 and names[0].startswith("logit_lens-heatmap-gpt2-") and "-llama-" in names[1]
+
+
+ALLOWED_SCALES = ("Viridis", "PuOr")
+NEUTRALS = {"#bbbbbb", "#999999", "#777777", "grey", "gray", "black", "white", "#000000", "#ffffff"}
+PAIR = ("When Mary and John went to the store, John gave a drink to",
+        "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
+
+
+def _colours(node, found: set, scales: list) -> None:
+    """Every colour string and colour scale in a figure's JSON (the template's defaults are overridden by
+    the style's colorway and each trace's own colours, so the template itself is not searched)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "template":
+                continue
+            if key == "colorscale" and value is not None:
+                scales.append(value)
+            elif key in ("color", "fillcolor", "bgcolor", "bordercolor") and isinstance(value, str):
+                found.add(value)
+            elif key in ("colorway",):
+                found.update(value)
+            else:
+                _colours(value, found, scales)
+    elif isinstance(node, list):
+        for item in node:
+            _colours(item, found, scales)
+
+
+def _hex(colour: str) -> str:
+    colour = colour.strip().lower()
+    if colour.startswith("rgba(") or colour.startswith("rgb("):
+        r, g, b = (int(float(v)) for v in colour[colour.index("(") + 1:-1].split(",")[:3])
+        return f"#{r:02x}{g:02x}{b:02x}"
+    return colour
+
+
+def test_every_registered_figure_uses_a_colour_blind_safe_palette(workbench, tiny_dirs):
+    import plotly.colors
+
+    from workbench import concept_datasets
+    from workbench.analyses.depth_use import DepthUseRequest
+    from workbench.analyses.faithfulness import FaithfulnessRequest
+    from workbench.analyses.latent_language import LatentLanguageRequest
+    from workbench.analyses.neuron_effect import NeuronEffectRequest
+    from workbench.analyses.neuron_vocab import NeuronVocabRequest
+
+    factual = concept_datasets.builtin("factual").subset(40)
+    requests = {
+        "logit_lens": LogitLensRequest(PROMPT, " Paris"), "depth_use": DepthUseRequest(PROMPT),
+        "attention_sinks": SinkProbeRequest(prompt=PROMPT), "attention_sink_levels": SinkLevelsRequest(
+            prompts=(PROMPT, "one two three four")), "neuron_classes": NeuronClassRequest(),
+        "neuron_vocab": NeuronVocabRequest(1, 3), "neuron_effect": NeuronEffectRequest(PROMPT, 1, 3, factor=2.0),
+        "patching": PatchingRequest(*PAIR), "patching_faithfulness": FaithfulnessRequest(n_pairs=2),
+        "concept_depth": ConceptDepthRequest(factual.name, factual.texts, factual.labels),
+        "latent_language": LatentLanguageRequest(task="repetition", max_prompts=3),
+    }
+    assert set(requests) == set(registry.ENTRIES)  # a new analysis must be added here
+    allowed = {c.lower() for c in export.OKABE_ITO} | NEUTRALS
+    known_scales = [plotly.colors.get_colorscale(name) for name in ALLOWED_SCALES]
+    drawn = 0
+    for name, request in requests.items():
+        entry = registry.entry(name)
+        try:
+            result = entry.run(workbench, str(tiny_dirs["llama"]), request)
+        except BadRequest as exc:  # e.g. no single-token words for the tiny tokenizer
+            assert name == "latent_language", (name, exc)
+            continue
+        for figure_name in entry.figures:
+            figure = export.styled(entry.figure(figure_name, result), export.paper_style("double column"))
+            found, scales = set(), []
+            _colours(json.loads(figure.to_json()), found, scales)
+            off_palette = {c for c in found if _hex(c) not in allowed}
+            assert not off_palette, (name, figure_name, off_palette)
+            for scale in scales:
+                pairs = [[round(float(p), 6), str(c).lower()] for p, c in scale]
+                expected = [[[round(float(p), 6), c.lower()] for p, c in known] for known in known_scales]
+                assert pairs in expected, (name, figure_name, scale)
+            drawn += 1
+    assert drawn >= 20
