@@ -4,7 +4,8 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-export HF_HUB_OFFLINE ?= 1
+# offline unless the hub is allowed (LAYERLENS_ALLOW_HUB=1 downloads, LAYERLENS_REMOTE=1 reads configs)
+export HF_HUB_OFFLINE ?= $(if $(filter 1,$(LAYERLENS_ALLOW_HUB) $(LAYERLENS_REMOTE)),0,1)
 
 .PHONY: run test install chromium bench lint
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from workbench import prompts
 from workbench.analyses.logit_lens import LogitLensRequest
-from workbench.config import Settings
+from workbench.config import PROJECT_ROOT, Settings
 from workbench.errors import (
     BadAnswer,
     BadPrompt,
@@ -99,3 +99,18 @@ def test_any_text_is_accepted_or_rejected_cleanly(text):
         assert prompts.check_text(text, Settings()) == text
     except BadPrompt as exc:
         assert str(exc)
+
+
+@pytest.mark.parametrize("allow, expected", [("0", "1"), ("1", None)])
+def test_hub_downloads_are_offline_unless_allowed(allow, expected):
+    """Loading the workbench forces the hub offline, except when LAYERLENS_ALLOW_HUB=1 asks for downloads."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "LAYERLENS_REMOTE")}
+    env["LAYERLENS_ALLOW_HUB"] = allow
+    code = "import os, workbench.models.loader; print(os.environ.get('HF_HUB_OFFLINE'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=str(PROJECT_ROOT)).stdout.strip()
+    assert out == str(expected)

@@ -21,8 +21,10 @@ from workbench.models import adapter
 from workbench.models.catalog import LocalModel
 from workbench.remote import RemoteTarget, meta_model
 
-if os.environ.get("LAYERLENS_REMOTE", "0") != "1":  # remote runs read hub configs (never weights)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing local path must never become a hub lookup
+# A missing local path must never become a hub lookup, unless the user allowed the hub: downloads
+# (LAYERLENS_ALLOW_HUB=1) or remote runs, which read hub configs but never weights (LAYERLENS_REMOTE=1).
+if "1" not in (os.environ.get("LAYERLENS_REMOTE", "0"), os.environ.get("LAYERLENS_ALLOW_HUB", "0")):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # transformers' loading flips process-global switches (weight init, tying); two loads in two
 # threads at once leave them wrong and later models come back with untied, random lm_heads.
