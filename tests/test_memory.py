@@ -88,7 +88,7 @@ def test_lens_at_the_token_limit_decodes_in_chunks(wb, big_vocab_dir, monkeypatc
     assert result.top_ids.shape == (n_slots, LIMIT, 3)
     assert sum(decoded_slots) == n_slots and len(decoded_slots) > 1  # chunked, every slot once
     chunk = max(decoded_slots)
-    assert chunk * LIMIT * VOCAB * 4 * 3 <= 256 << 20  # each chunk (logits, log-probs, a temporary) fits the budget
+    assert chunk == 1 or chunk * LIMIT * VOCAB * 4 * 5 <= 256 << 20  # a chunk fits the budget (one slot at least)
     np.testing.assert_allclose(result.kl_to_final[-1], 0.0, atol=1e-9)  # the last row is the model's own output
     if can_measure:
         # measured: ~320 MiB (about five one-slot (seq, vocab) arrays live at once) vs 812 MiB for all slots
