@@ -58,6 +58,19 @@ def test_request_errors_are_clear():
         registry.entry("lens")
     with pytest.raises(BadRequest, match="bundled concept task"):
         registry.entry("concept_depth").request({"task": "poetry"})
+    wrong_types = [  # JSON values of the wrong kind never reach the request as TypeErrors
+        ("logit_lens", {"prompt": "x", "top_k": "5"}, 'top_k must be int, not "5"'),
+        ("logit_lens", {"prompt": "x", "top_k": True}, "top_k must be int, not true"),
+        ("logit_lens", {"prompt": "x", "top_k": 5.5}, "top_k must be int, not 5.5"),
+        ("logit_lens", {"prompt": ["x"]}, "prompt must be str"),
+        ("attention_sink_levels", {"prompts": "abc"}, "prompts is a list"),
+        ("concept_depth", {"task": "t", "texts": list("abcdefgh"), "labels": [0, 1] * 3 + [0, "x"]},
+         r"labels\[7\] must be int"),
+    ]
+    for name, data, message in wrong_types:
+        with pytest.raises(BadRequest, match=message):
+            registry.entry(name).request(data)
+    assert registry.entry("neuron_classes").request({"null_coverage": 0.9}).null_coverage == 0.9
 
 
 def test_a_bundled_concept_task_can_be_named():
@@ -260,6 +273,7 @@ def test_cli_bad_input_exits_2_with_one_line(cli_env, tiny_dirs, capsys):
         (["run", "logit_lens", "--model", model, "--prompt", "x", "--figure", "pie"], "no figure 'pie'"),
         (["run", "logit_lens", "--model", "no-such-model", "--prompt", "x"], "no-such-model"),
         (["run", "nope"], "Unknown analysis"),
+        (["run", "logit_lens", "--model", model, "--prompt", "x", "--request", '{"top_k": "5"}'], "must be int"),
     ]
     for argv, message in cases:
         assert cli.main(argv) == 2, argv

@@ -10,6 +10,7 @@ regenerable goes through here.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,16 +149,29 @@ def request_from_json(request_type: type, data: dict):
     if unknown:
         raise BadRequest(f"{request_type.__name__} has no field(s) {', '.join(unknown)}. "
                          f"Fields: {', '.join(sorted(names))}.")
-    values = {key: _convert(hints[key], value) for key, value in data.items()}
+    values = {key: _convert(hints[key], value, f"{request_type.__name__}.{key}") for key, value in data.items()}
     try:
         return request_type(**values)
-    except TypeError as exc:  # a required field is missing
+    except (TypeError, ValueError) as exc:  # a required field is missing, or a value the request rejects
         raise BadRequest(f"{request_type.__name__}: {exc}") from None
 
 
-def _convert(hint, value):
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+JSON_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+
+
+def _convert(hint, value, where: str):
+    """``value`` (parsed JSON) as the annotated type: nested requests rebuilt, lists to tuples, and
+    a clear error for the wrong kind of value (JSON true is not an int, "5" is not a number)."""
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise BadRequest(f"{where} is a JSON object, not {json.dumps(value)[:40]}.")
         return request_from_json(hint, value)
-    if typing.get_origin(hint) is tuple and isinstance(value, list):
-        return tuple(value)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise BadRequest(f"{where} is a list, not {json.dumps(value)[:40]}.")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    accepted = JSON_TYPES.get(hint)
+    if accepted and (not isinstance(value, accepted) or (hint is not bool and isinstance(value, bool))):
+        raise BadRequest(f"{where} must be {hint.__name__}, not {json.dumps(value)[:40]}.")
     return value
