@@ -5,7 +5,10 @@ median wall times and their ratios, all measured in this one run:
 
 * forward      plain HF forward pass (no nnsight)
 * trace        nnsight trace recording the residual stream at every layer
-* lens         full logit lens: trace + decoding every layer at every position
+* lens         full logit lens: one trace decoding every layer at every position inside it
+               (top-k, KL to the final distribution, target rank), as the workbench runs it
+* decode after the same statistics from the recorded residual stream, all slots decoded at once
+               after the trace (the pre-remote design; more memory, one request less portable)
 * lens cached  the same request again, answered from the DuckDB store
 """
 
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench.common import median_seconds, throwaway_workbench
+import torch
+
+from bench.common import interleaved_medians, median_seconds, throwaway_workbench
 from workbench import prompts, tracing
 from workbench.analyses import logit_lens
 from workbench.analyses.logit_lens import LogitLensRequest
@@ -38,22 +43,29 @@ def main() -> None:
         ids = encoded.ids
 
         def lens():
-            resid = tracing.residual_stream(model, ids).resid
-            logit_lens.compute(model, encoded.tokens, resid, request, target)
+            stats = tracing.lens_statistics(model, ids, request.top_k, target)
+            logit_lens.compute(model, encoded.tokens, stats, request, target)
+
+        def decode_after():
+            logprobs = torch.log_softmax(model.decode(tracing.residual_stream(model, ids).resid), dim=-1)
+            logprobs.topk(request.top_k, dim=-1)
+            logit_lens.kl_divergence(logprobs[-1], logprobs)
 
         tracing.forward_logits(model, ids)  # warm-up
         lens()
         forward = median_seconds(lambda: tracing.forward_logits(model, ids), args.repeats)
         trace = median_seconds(lambda: tracing.residual_stream(model, ids), args.repeats)
-        full = median_seconds(lens, args.repeats)
+        full, after = interleaved_medians([lens, decode_after], args.repeats)
         wb.logit_lens(args.model, request)  # fill the store
         cached = median_seconds(lambda: wb.logit_lens(args.model, request), args.repeats)
 
     print(f"model {args.model}: {model.info.n_layers} layers, {len(ids)} tokens, vocab {model.info.vocab_size}")
     print(f"{'step':<12}{'median ms':>12}{'x forward':>12}")
-    for name, seconds in [("forward", forward), ("trace", trace), ("lens", full), ("lens cached", cached)]:
+    rows = [("forward", forward), ("trace", trace), ("lens", full), ("decode after", after), ("lens cached", cached)]
+    for name, seconds in rows:
         print(f"{name:<12}{seconds * 1e3:>12.1f}{seconds / forward:>12.2f}")
     print(f"RATIO logit_lens_all_layers / forward = {full / forward:.2f}")
+    print(f"RATIO lens in the trace / decoded after the trace = {full / after:.2f}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,27 @@ def test_lens_result_agrees_with_model_distribution(workbench, tiny_dir):
     assert (np.diff(result.top_probs, axis=-1) <= 0).all()  # top-k sorted
 
 
+def test_in_trace_lens_equals_decoding_the_recorded_residual_stream(workbench, tiny_dir):
+    """The lens decoded inside the trace (in slot chunks, whatever their size) gives the statistics of
+    decoding the recorded residual stream afterwards; chunking changes nothing."""
+    model = workbench.model(str(tiny_dir))
+    ids = prompts.encode(model, PROMPT, workbench.settings).ids
+    target = prompts.single_token_id(model, " Mary")
+    logprobs = torch.log_softmax(model.decode(tracing.residual_stream(model, ids).resid).double(), -1)
+    reference_kl = logit_lens.kl_divergence(logprobs[-1], logprobs)
+    one_chunk = tracing.lens_statistics(model, ids, 4, target, budget_bytes=1 << 40)
+    n_slots = model.info.n_layers + 1
+    for budget in (1, 2 * len(ids) * model.info.vocab_size * 4 * 5, 1 << 40):  # 1, 2 and all slots per chunk
+        lens = tracing.lens_statistics(model, ids, 4, target, budget_bytes=budget)
+        assert lens.top_ids.shape == (n_slots, len(ids), 4) and lens.target_rank.shape == (n_slots,)
+        torch.testing.assert_close(lens.top_logprobs.double(), logprobs.topk(4, -1).values, rtol=0, atol=1e-5)
+        torch.testing.assert_close(lens.kl_to_final.double(), reference_kl, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(lens.target_logprob.double(), logprobs[:, -1, target], rtol=0, atol=1e-5)
+        assert torch.equal(lens.kl_to_final[-1], torch.zeros(len(ids)))  # KL(final || final) exactly 0
+        assert torch.equal(lens.top_ids, one_chunk.top_ids) and torch.equal(lens.target_rank, one_chunk.target_rank)
+    assert tracing.lens_chunk_slots(len(ids), model.info.vocab_size, 1) == 1
+
+
 def test_kl_divergence_matches_definition():
     p = torch.log_softmax(torch.tensor([[1.0, 2.0, 0.5]], dtype=torch.float64), -1)
     q = torch.log_softmax(torch.tensor([[0.0, 1.0, 3.0]], dtype=torch.float64), -1)

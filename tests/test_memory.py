@@ -1,9 +1,10 @@
-"""Memory: a logit lens on a prompt at the token limit decodes the residual stream in slot chunks
-(``logit_lens._slot_chunks``), so its peak memory stays well below the (layer, seq, vocab) float32
-logits it would need all at once; a prompt over the limit is refused before the model runs."""
+"""Memory: a logit lens on a prompt at the token limit decodes one residual slot at a time inside its
+trace (``tracing.lens_statistics``), so its peak memory stays well below the (layer, seq, vocab)
+float32 logits it would need all at once; a prompt over the limit is refused before the model runs."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,6 @@ import torch
 
 from tests.tiny_models import build_tokenizer
 from workbench import prompts, tracing
-from workbench.analyses import logit_lens
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.config import Settings
 from workbench.errors import BadPrompt
@@ -64,7 +64,7 @@ def _peak_rss_bytes() -> int:
     raise AssertionError("no VmHWM in /proc/self/status")
 
 
-def test_lens_at_the_token_limit_decodes_in_chunks(wb, big_vocab_dir, monkeypatch):
+def test_lens_at_the_token_limit_keeps_one_slot_of_logits(wb, big_vocab_dir, monkeypatch):
     name = str(big_vocab_dir)
     model = wb.model(name)
     prompt = WORD * LIMIT
@@ -72,36 +72,32 @@ def test_lens_at_the_token_limit_decodes_in_chunks(wb, big_vocab_dir, monkeypatc
     n_slots = N_LAYERS + 1
     all_at_once = n_slots * LIMIT * VOCAB * 4  # bytes of the float32 logits of every slot: 852 MB
 
-    decoded_slots = []
-    plain_decode = type(model).decode
-
-    def counting_decode(self, resid, **kwargs):
-        decoded_slots.append(resid.shape[0])
-        return plain_decode(self, resid, **kwargs)
-
-    monkeypatch.setattr(type(model), "decode", counting_decode)
+    traces = []
+    plain = tracing.lens_statistics
+    monkeypatch.setattr(tracing, "lens_statistics", lambda *a, **k: traces.append(plain(*a, **k)) or traces[-1])
     can_measure = _reset_peak_rss()
     baseline = _peak_rss_bytes()
     result = wb.logit_lens(name, LogitLensRequest(prompt, top_k=3))
     peak_increase = _peak_rss_bytes() - baseline
 
     assert result.top_ids.shape == (n_slots, LIMIT, 3)
-    assert sum(decoded_slots) == n_slots and len(decoded_slots) > 1  # chunked, every slot once
-    chunk = max(decoded_slots)
-    assert chunk == 1 or chunk * LIMIT * VOCAB * 4 * 5 <= 256 << 20  # a chunk fits the budget (one slot at least)
+    # what leaves the trace is small: top-k, KL and the target per slot, never a vocabulary axis
+    (lens,) = traces
+    assert all(VOCAB not in tensor.shape for tensor in dataclasses.astuple(lens))
     np.testing.assert_allclose(result.kl_to_final[-1], 0.0, atol=1e-9)  # the last row is the model's own output
     if can_measure:
-        # measured: ~320 MiB (about five one-slot (seq, vocab) arrays live at once) vs 812 MiB for all slots
+        # decoded one slot at a time inside the trace: a few (seq, vocab) arrays live at once, not all slots'
         assert peak_increase < all_at_once / 2, (
             f"peak RSS grew by {peak_increase / 2**20:.0f} MiB; all slots' logits are {all_at_once / 2**20:.0f} MiB"
         )
+        print(f"peak RSS increase {peak_increase / 2**20:.0f} MiB vs {all_at_once / 2**20:.0f} MiB for all slots")
 
 
 def test_over_limit_prompt_is_refused_before_tracing(wb, big_vocab_dir, monkeypatch):
     name = str(big_vocab_dir)
     wb.model(name)  # loaded: the refusal below must come from the token count, not from loading
     traced = []
-    for function in ("residual_stream", "attention_and_states", "sublayer_stream"):
+    for function in ("residual_stream", "attention_and_states", "sublayer_stream", "lens_statistics"):
         original = getattr(tracing, function)
         monkeypatch.setattr(tracing, function,
                             lambda *a, _f=original, _n=function, **k: traced.append(_n) or _f(*a, **k))
@@ -109,12 +105,3 @@ def test_over_limit_prompt_is_refused_before_tracing(wb, big_vocab_dir, monkeypa
         wb.logit_lens(name, LogitLensRequest(WORD * (LIMIT + 1)))
     assert traced == []
     assert wb.store.count_results() == 0
-
-
-def test_slot_chunks_cover_every_slot_within_the_budget():
-    for n_slots, seq, vocab in [(31, 256, 49_152), (19, 256, 262_144), (4, 8, 400), (9, 256, 64_000)]:
-        chunks = logit_lens._slot_chunks(n_slots, seq, vocab)
-        covered = [i for chunk in chunks for i in range(chunk.start, chunk.stop)]
-        assert covered == list(range(n_slots))
-        size = max(chunk.stop - chunk.start for chunk in chunks)
-        assert size == 1 or size * seq * vocab * 4 * 3 <= 256 << 20

@@ -32,6 +32,7 @@ from nnsight.tracing.backend import Backend
 
 from workbench import interventions, remote, tracing
 from workbench.analyses import depth_use, logit_lens
+from workbench.analyses.patching import PatchingRequest
 from workbench.config import Settings
 from workbench.errors import RemoteUnavailable, RemoteUnsupported
 from workbench.models import catalog, loader
@@ -134,6 +135,7 @@ CASES = {
     "residual stream": lambda m: tracing.residual_stream(m, IDS),
     "skip-layer intervention": lambda m: tracing.skip_layers(m, IDS, [None, 0, 1]),
     "neuron ablation": lambda m: tracing.scale_neuron(m, IDS, 1, 7, 0.0),
+    "logit lens (decoded in the trace)": lambda m: tracing.lens_statistics(m, IDS, 3, 5),
 }
 
 
@@ -312,15 +314,21 @@ def test_workbench_runs_an_analysis_remotely(settings, fake_ndif, metadata_dir, 
         remote_result = wb.depth_use(REPO.upper(), request)  # NDIF's spelling wins
         model = wb.model(REPO.upper())
         local_result = wb.depth_use(str(tiny_dirs["llama"]), request)  # a local directory still runs here
+        lens_request = logit_lens.LogitLensRequest("The capital of France is", target=" Paris")
+        remote_lens = wb.logit_lens(REPO.upper(), lens_request)  # decoded inside the trace, on "NDIF"
+        local_lens = wb.logit_lens(str(tiny_dirs["llama"]), lens_request)
         with pytest.raises(RemoteUnsupported):
-            wb.logit_lens(REPO.upper(), logit_lens.LogitLensRequest("The capital of France is"))
+            wb.patching(REPO.upper(), PatchingRequest(  # plain PyTorch hooks cannot travel
+                "When Mary and John went to the store, John gave a drink to",
+                "When Mary and John went to the store, Mary gave a drink to", " Mary", " John"))
         local_digest = wb.local_model(str(tiny_dirs["llama"])).digest
     finally:
         wb.close()
     assert model.remote is not None and model.remote.repo_id == REPO and not model.lm.dispatched
-    # depth use: the sublayer trace and the batched skip-layer trace; logit lens: its residual trace
-    # ran remotely, then decoding with the unembedding (weights here) refused
+    # depth use: the sublayer trace and the batched skip-layer trace; logit lens: one trace
     assert len(loopback) == 3
     for field in ("attn_rel_norm", "mlp_rel_norm", "skip_kl_last", "skip_resid_change"):
         assert (getattr(remote_result, field) == getattr(local_result, field)).all(), field
+    for field in ("top_ids", "top_tokens", "top_probs", "kl_to_final", "target_rank", "target_prob"):
+        assert (getattr(remote_lens, field) == getattr(local_lens, field)).all(), field
     assert model.digest != local_digest  # remote results are cached under NDIF's model, apart

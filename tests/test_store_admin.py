@@ -138,7 +138,7 @@ def test_no_limit_and_the_setting(tmp_path, monkeypatch, settings):
 
 @pytest.fixture
 def filled_cache(settings, tiny_dirs, monkeypatch):
-    """Two tiny models' logit lenses (with their activations) and a depth-use result, in the settings'
+    """Two tiny models' logit lenses, their prompt's residual streams and a depth-use result, in the settings'
     cache dir, which the CLI then finds through LAYERLENS_CACHE_DIR. Returns the results."""
     backend = Workbench(settings)
     llama, gpt2 = str(tiny_dirs["llama"]), str(tiny_dirs["gpt2"])
@@ -147,8 +147,12 @@ def filled_cache(settings, tiny_dirs, monkeypatch):
         ("llama", "Rome"): backend.logit_lens(llama, LogitLensRequest(PROMPT, target=" Rome")),
         ("gpt2", "Paris"): backend.logit_lens(gpt2, LogitLensRequest(PROMPT, target=" Paris")),
     }
+    from workbench import prompts
     from workbench.analyses.depth_use import DepthUseRequest
 
+    for name in (llama, gpt2):  # the residual stream of the prompt, as the tuned lens stores it
+        model = backend.model(name)
+        backend.residual_stream(model, prompts.encode(model, PROMPT, settings).ids)
     backend.depth_use(llama, DepthUseRequest(PROMPT))
     backend.close()
     monkeypatch.setenv("LAYERLENS_CACHE_DIR", str(settings.cache_dir))

@@ -16,13 +16,11 @@ import duckdb
 import numpy as np
 import pytest
 
-from workbench import prompts, tracing
 from workbench.analyses import logit_lens
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.config import PROJECT_ROOT
 from workbench.store import ActivationKey, ResultKey, Store
 from workbench.store.codec import same_result
-from workbench.store.duckdb_store import ids_digest
 
 WRITER_LIMIT = 12_000_000  # small enough that the writer also evicts while it may be killed
 
@@ -132,22 +130,31 @@ def test_compute_that_raises_stores_nothing(workbench, tiny_dirs, monkeypatch):
     assert workbench.logit_lens(name, request) is not None and workbench.store.count_results() == 1
 
 
-def test_progress_callback_that_raises_stores_no_result(workbench, tiny_dirs):
+def test_progress_callback_that_raises_stores_no_result(workbench, tiny_dirs, settings):
     """A page whose session goes away raises from its progress callback: no result is stored; the
-    residual stream, computed whole before the callback raised, is kept and is complete."""
-    name = str(tiny_dirs["gemma3_text"])
-    request = LogitLensRequest("The capital of France is", target=" Paris")
+    representations, extracted whole before the callback raised, are kept and are complete."""
+    from workbench import concept_datasets
+    from workbench.analyses.concept_depth import ConceptDepthRequest
+    from workbench.service import Workbench
 
-    def cancel_when_decoding(fraction, message):
-        if message.startswith("Decoded"):
+    name = str(tiny_dirs["gemma3_text"])
+    data = concept_datasets.builtin("factual").subset(40)
+    request = ConceptDepthRequest(data.name, data.texts, data.labels)
+
+    def cancel_when_probing(fraction, message):
+        if message.startswith("Training the probes"):
             raise Interrupted("the session went away")
 
     with pytest.raises(Interrupted):
-        workbench.logit_lens(name, request, progress=cancel_when_decoding)
+        workbench.concept_depth(name, request, progress=cancel_when_probing)
     assert workbench.store.count_results() == 0
+    assert workbench.store.count_activation_sets() == 1  # the features, stored whole before probing began
 
-    model = workbench.model(name)
-    ids = prompts.encode(model, request.prompt, workbench.settings).ids
-    stored = workbench.store.get_activations(ActivationKey(model.digest, ids_digest(ids), "resid"))
-    assert stored.tobytes() == tracing.residual_stream(model, ids).resid.numpy().tobytes()
-    assert workbench.logit_lens(name, request) is not None and workbench.store.count_results() == 1
+    fresh = Workbench(settings.with_cache_dir(settings.cache_dir.parent / "fresh"))
+    try:
+        expected = fresh.concept_depth(name, request)
+    finally:
+        fresh.close()
+    assert same_result(workbench.concept_depth(name, request), expected)  # the kept features are complete
+    assert workbench.store.count_results() == 1
+

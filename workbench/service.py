@@ -142,8 +142,9 @@ class Workbench:
             model = self.model(model_name, progress)
             encoded = prompts.encode(model, request.prompt, self.settings)
             target_id = prompts.single_token_id(model, request.target) if request.target else None
-            resid = self.residual_stream(model, encoded.ids, progress)
-            return logit_lens.compute(model, encoded.tokens, resid, request, target_id, progress)
+            progress(None, f"Running the model and decoding its {model.info.n_layers + 1} residual states")
+            lens = tracing.lens_statistics(model, encoded.ids, request.top_k, target_id)
+            return logit_lens.compute(model, encoded.tokens, lens, request, target_id)
 
         return self.cached(logit_lens, local, request, compute)
 

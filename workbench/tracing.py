@@ -58,6 +58,75 @@ def residual_stream(model: LoadedModel, token_ids: torch.Tensor) -> ResidualTrac
     return ResidualTrace(resid=resid, logits=logits[0].detach().float().cpu())
 
 
+LENS_BUDGET_BYTES = 256 << 20  # decoded logits held at once by the logit lens
+
+
+@dataclass(frozen=True)
+class LensTrace:
+    """Per residual slot (block-0 input, then every block's output), reduced inside the trace."""
+
+    top_ids: torch.Tensor  # (slot, seq, k) int64
+    top_logprobs: torch.Tensor  # (slot, seq, k) float32
+    kl_to_final: torch.Tensor  # (slot, seq) float32: KL(p_final || p_slot), nats
+    target_logprob: torch.Tensor  # (slot,) at the last position; (0,) without a target
+    target_rank: torch.Tensor  # (slot,) int64, 1 = top; (0,) without a target
+
+
+def lens_statistics(model: LoadedModel, token_ids: torch.Tensor, k: int, target_id: int | None,
+                    budget_bytes: int = LENS_BUDGET_BYTES) -> LensTrace:
+    """The logit lens in one trace: after the forward pass, the residual slots are decoded through
+    the model's own final norm and unembedding in chunks of slots that fit ``budget_bytes``, last
+    chunk first (so the final distribution is that very decode and KL(final || final) is exactly 0),
+    and reduced to their top-k, KL to the final distribution and the target's rank. Only these small
+    tensors leave the trace: memory stays at one chunk's logits, and on NDIF only they travel back."""
+    if token_ids.ndim != 1:
+        raise ValueError("token_ids must be one sequence, shape (seq,)")
+    lm, n_layers, cap = model.lm, model.info.n_layers, model.info.logit_softcap
+    size = lens_chunk_slots(len(token_ids), model.info.vocab_size, budget_bytes)
+    with model.lock, torch.no_grad():
+        with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
+            states = [_first(lm.layers[0].input)]
+            for layer in range(n_layers):
+                states.append(_first(lm.layers[layer].output))
+            final = None
+            top_ids, top_logprobs, kls, ranks, targets = [], [], [], [], []
+            for end in range(len(states), 0, -size):  # the last chunk first
+                logits = lm.unembed(lm.final_norm(torch.cat(states[max(0, end - size):end]))).float()
+                if cap:
+                    logits = torch.tanh(logits / cap) * cap
+                logprobs = torch.log_softmax(logits, dim=-1)  # (slots, seq, vocab)
+                if final is None:
+                    final = logprobs[-1]
+                top = logprobs.topk(k, dim=-1)
+                top_ids.append(top.indices)
+                top_logprobs.append(top.values)
+                kls.append((final.exp() * (final - logprobs)).sum(-1).clamp_min(0.0))
+                if target_id is not None:
+                    last = logprobs[:, -1]  # (slots, vocab)
+                    target = last[:, target_id]
+                    targets.append(target)
+                    ranks.append((last > target[:, None]).sum(-1) + 1)
+            nnsight.save(top_ids)
+            nnsight.save(top_logprobs)
+            nnsight.save(kls)
+            nnsight.save(targets)
+            nnsight.save(ranks)
+
+    def joined(chunks: list, dtype: torch.dtype) -> torch.Tensor:  # chunks came last-first
+        return torch.cat([c.detach().cpu() for c in reversed(chunks)]).to(dtype) if chunks else \
+            torch.zeros(0, dtype=dtype)
+
+    return LensTrace(joined(top_ids, torch.int64), joined(top_logprobs, torch.float32), joined(kls, torch.float32),
+                     joined(targets, torch.float32), joined(ranks, torch.int64))
+
+
+def lens_chunk_slots(seq: int, vocab: int, budget_bytes: int = 0) -> int:
+    """How many residual slots to decode at once so their (slots, seq, vocab) float32 logits and
+    the few arrays derived from them (log-probs, KL's temporaries: about five in all) fit the budget."""
+    per_slot = max(1, seq * vocab * 4 * 5)
+    return max(1, (budget_bytes or LENS_BUDGET_BYTES) // per_slot)
+
+
 def forward_logits(model: LoadedModel, token_ids: torch.Tensor) -> torch.Tensor:
     """A plain forward pass (no recording), the baseline that benchmarks compare against."""
     with model.lock, torch.no_grad():

@@ -9,11 +9,13 @@ model's own final norm and unembedding. At the last slot this is exactly the
 model's output distribution. Reported per (layer, position): the top-k tokens
 and probabilities, and ``KL(p_final || p_l)`` in nats; per layer, the rank
 (1 = top) and probability of an optional target token at the last position.
+
+The decoding and these reductions run inside the model's trace (``tracing.lens_statistics``), so
+only the small statistics leave it: the same code runs locally and on NDIF.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +23,10 @@ import torch
 
 from workbench.errors import BadRequest
 from workbench.models.loader import LoadedModel
+from workbench.tracing import LensTrace
 
 NAME = "logit_lens"
-VERSION = 1
+VERSION = 2  # 2: decoded inside the trace (one slot at a time), so it also runs remotely
 MAX_TOP_K = 20
 
 
@@ -84,58 +87,26 @@ def layer_labels(n_layers: int) -> np.ndarray:
 def compute(
     model: LoadedModel,
     tokens: tuple[str, ...],
-    resid: torch.Tensor,
+    lens: LensTrace,
     request: LogitLensRequest,
     target_id: int | None,
-    progress: Callable[[float | None, str], None] = lambda f, m: None,
 ) -> LogitLensResult:
-    """Decode every residual slot of ``resid`` (layer, seq, d_model) through the unembedding."""
-    n_slots, seq, _ = resid.shape
-    k = request.top_k
-    top_ids = np.zeros((n_slots, seq, k), np.int64)
-    top_probs = np.zeros((n_slots, seq, k), np.float32)
-    kl = np.zeros((n_slots, seq), np.float32)
-    ranks = np.zeros(n_slots if target_id is not None else 0, np.int64)
-    target_probs = np.zeros(n_slots if target_id is not None else 0, np.float32)
-    final_logprobs = None
-    # Last chunk first: the final distribution then comes from the very same computation as
-    # the last row, so KL(final || final) is exactly 0.
-    for chunk in reversed(_slot_chunks(n_slots, seq, model.info.vocab_size)):
-        logprobs = torch.log_softmax(model.decode(resid[chunk]).float(), dim=-1)  # (slots, seq, vocab)
-        if final_logprobs is None:
-            final_logprobs = logprobs[-1]
-        top = logprobs.topk(k, dim=-1)
-        top_ids[chunk], top_probs[chunk] = top.indices.numpy(), top.values.exp().numpy()
-        kl[chunk] = kl_divergence(final_logprobs, logprobs).numpy()
-        if target_id is not None:
-            last = logprobs[:, -1]  # (slots, vocab)
-            target = last[:, target_id : target_id + 1]
-            ranks[chunk] = ((last > target).sum(-1) + 1).numpy()
-            target_probs[chunk] = target[:, 0].exp().numpy()
-        done = n_slots - chunk.start
-        progress(done / n_slots, f"Decoded {done} of {n_slots} layers")
+    """The result from the lens statistics of one trace (``tracing.lens_statistics``)."""
+    n_slots = lens.kl_to_final.shape[0]
+    top_ids = lens.top_ids.numpy()
     return LogitLensResult(
         model_name=model.name,
         layer_labels=layer_labels(n_slots - 1),
         tokens=np.array(tokens),
         top_ids=top_ids,
         top_tokens=_decode_ids(model, top_ids),
-        top_probs=top_probs,
-        kl_to_final=kl,
+        top_probs=lens.top_logprobs.exp().numpy(),
+        kl_to_final=lens.kl_to_final.numpy(),
         target_token=request.target if target_id is not None else "",
         target_id=-1 if target_id is None else target_id,
-        target_rank=ranks,
-        target_prob=target_probs,
+        target_rank=lens.target_rank.numpy(),
+        target_prob=lens.target_logprob.exp().numpy(),
     )
-
-
-def _slot_chunks(n_slots: int, seq: int, vocab: int, budget_bytes: int = 256 << 20) -> list[slice]:
-    """Consecutive slot ranges whose (slots, seq, vocab) float32 logits fit in the budget."""
-    # live at the peak, per slot: logits while log-softmax runs, log-probs, and KL's two temporaries
-    # (measured peak ~5 such arrays with the allocator's slack; tests/test_memory.py)
-    per_slot = max(1, seq * vocab * 4 * 5)
-    size = max(1, min(n_slots, budget_bytes // per_slot))
-    return [slice(start, min(start + size, n_slots)) for start in range(0, n_slots, size)]
 
 
 def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

@@ -181,9 +181,15 @@ def validate(spec: ArchitectureSpec, hf_model: torch.nn.Module, model_type: str)
         )
 
 
+def logit_softcap(spec: ArchitectureSpec, config: object) -> float | None:
+    """The final logit soft-cap this model's config sets (Gemma), else None."""
+    cap = getattr(config, spec.logit_softcap_attr, None) if spec.logit_softcap_attr else None
+    return float(cap) if cap else None
+
+
 def final_logits(spec: ArchitectureSpec, config: object, logits: torch.Tensor) -> torch.Tensor:
     """Apply the architecture's post-unembedding transform (Gemma's soft-cap, if configured)."""
-    cap = getattr(config, spec.logit_softcap_attr, None) if spec.logit_softcap_attr else None
+    cap = logit_softcap(spec, config)
     if cap:
         return torch.tanh(logits / cap) * cap
     return logits

@@ -43,6 +43,7 @@ class ModelInfo:
     n_kv_heads: int
     vocab_size: int
     max_positions: int | None
+    logit_softcap: float | None = None  # final logit soft-cap (Gemma), applied after the unembedding
 
 
 @dataclass
@@ -108,6 +109,7 @@ def _model_info(config, spec: adapter.ArchitectureSpec, n_layers: int) -> ModelI
         n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
         vocab_size=text.vocab_size,
         max_positions=getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None),
+        logit_softcap=adapter.logit_softcap(spec, config),
     )
 
 

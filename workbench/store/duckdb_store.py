@@ -286,6 +286,9 @@ class Store:
             return _one(cur, "SELECT count(*) FROM results")[0]
         return _one(cur, "SELECT count(*) FROM results WHERE analysis = ?", [analysis])[0]
 
+    def count_activation_sets(self) -> int:
+        return _one(self._con.cursor(), "SELECT count(*) FROM activation_sets")[0]
+
     # ------------------------------------------------------------------ activations
 
     def get_activations(self, key: ActivationKey) -> np.ndarray | None:
