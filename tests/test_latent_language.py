@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from workbench import prompts, tracing
 from workbench.analyses import latent_language
 from workbench.analyses.latent_language import LatentLanguageRequest, build_prompts, usable_prompts
 from workbench.analyses.logit_lens import LogitLensRequest
@@ -38,12 +39,17 @@ def test_single_token_filter_and_limit():
     assert "pain" not in skipped  # usable, only cut by max_prompts
 
 
-def test_last_position_probabilities():
-    logits = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
-    p_answer, p_pivot, correct = latent_language.last_position_probs(logits, answer_id=2, pivot_id=1)
-    np.testing.assert_allclose(p_answer, [1 / 3, np.exp(3) / (1 + np.e + np.exp(3))], rtol=1e-6)
-    np.testing.assert_allclose(p_pivot, [1 / 3, np.e / (1 + np.e + np.exp(3))], rtol=1e-6)
-    assert correct
+def test_last_position_lens_equals_decoding_the_recorded_stream(workbench, tiny_dir):
+    model = workbench.model(str(tiny_dir))
+    ids = prompts.encode(model, "When Mary and John went to the store", workbench.settings).ids
+    probs, top1 = tracing.last_position_lens(model, ids, (3, 5, 3))
+    reference = torch.softmax(model.decode(tracing.residual_stream(model, ids).resid[:, -1]).double(), dim=-1)
+    assert probs.shape == (model.info.n_layers + 1, 3) and probs.dtype == torch.float64
+    torch.testing.assert_close(probs, reference[:, [3, 5, 3]], rtol=1e-4, atol=1e-8)
+    assert torch.equal(top1, reference.argmax(-1))
+    # the last slot is the model's own next-token distribution
+    final = torch.softmax(tracing.forward_logits(model, ids)[-1].double(), -1)
+    torch.testing.assert_close(probs[-1], final[[3, 5, 3]], rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("fields", [

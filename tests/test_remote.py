@@ -136,6 +136,7 @@ CASES = {
     "skip-layer intervention": lambda m: tracing.skip_layers(m, IDS, [None, 0, 1]),
     "neuron ablation": lambda m: tracing.scale_neuron(m, IDS, 1, 7, 0.0),
     "logit lens (decoded in the trace)": lambda m: tracing.lens_statistics(m, IDS, 3, 5),
+    "latent-language lens (last position)": lambda m: tracing.last_position_lens(m, IDS, (5, 7)),
 }
 
 

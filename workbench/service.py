@@ -212,7 +212,7 @@ class Workbench:
                 model,
                 request,
                 encode=lambda text: prompts.encode(model, text, self.settings).ids,
-                last_residuals=lambda ids: tracing.residual_stream(model, ids).resid[:, -1],
+                last_lens=lambda ids, wanted: tracing.last_position_lens(model, ids, wanted),
                 progress=progress,
             )
 

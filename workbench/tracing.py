@@ -120,6 +120,28 @@ def lens_statistics(model: LoadedModel, token_ids: torch.Tensor, k: int, target_
                      joined(targets, torch.float32), joined(ranks, torch.int64))
 
 
+def last_position_lens(model: LoadedModel, token_ids: torch.Tensor, wanted: tuple[int, ...]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per residual slot, the logit-lens probabilities of the ``wanted`` token ids at the last
+    position, (slot, wanted) float64, and each slot's top-1 token there, (slot,) int64. Decoded
+    inside the trace (the last position only), so only these leave it, here or on NDIF."""
+    if token_ids.ndim != 1:
+        raise ValueError("token_ids must be one sequence, shape (seq,)")
+    lm, n_layers, cap, wanted = model.lm, model.info.n_layers, model.info.logit_softcap, list(wanted)
+    with model.lock, torch.no_grad():
+        with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
+            states = [_first(lm.layers[0].input)[:, -1]]
+            for layer in range(n_layers):
+                states.append(_first(lm.layers[layer].output)[:, -1])
+            logits = lm.unembed(lm.final_norm(torch.cat(states))).float()  # (slot, vocab)
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            probs = torch.softmax(logits.double(), dim=-1)
+            chosen = nnsight.save(probs[:, wanted])
+            top1 = nnsight.save(probs.argmax(dim=-1))
+    return chosen.detach().cpu(), top1.detach().cpu()
+
+
 def lens_chunk_slots(seq: int, vocab: int, budget_bytes: int = 0) -> int:
     """How many residual slots to decode at once so their (slots, seq, vocab) float32 logits and
     the few arrays derived from them (log-probs, KL's temporaries: about five in all) fit the budget."""

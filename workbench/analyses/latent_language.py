@@ -26,7 +26,7 @@ import torch
 from workbench.errors import BadRequest
 
 NAME = "latent_language"
-VERSION = 1
+VERSION = 2  # 2: decoded inside the trace (last position only), so it also runs remotely
 TASKS = ("translation", "repetition", "cloze")
 DATA_PATH = Path(__file__).resolve().parent.parent / "data" / "latent_language.json"
 ANSWER_LABEL = {"en": "Answer", "fr": "Réponse", "de": "Antwort", "es": "Respuesta", "it": "Risposta"}
@@ -138,22 +138,16 @@ def usable_prompts(
     return usable, skipped
 
 
-def last_position_probs(decoded_last: torch.Tensor, answer_id: int, pivot_id: int) -> tuple[np.ndarray, ...]:
-    """From logits (layer, vocab) at the last position: p(answer), p(pivot) per layer, final top-1 correct."""
-    probs = torch.softmax(decoded_last.double(), dim=-1)
-    final_correct = bool(probs[-1].argmax() == answer_id)
-    return probs[:, answer_id].float().numpy(), probs[:, pivot_id].float().numpy(), final_correct
-
-
 def compute(
     model,
     request: LatentLanguageRequest,
     encode: Callable[[str], torch.Tensor],
-    last_residuals: Callable[[torch.Tensor], torch.Tensor],
+    last_lens: Callable[[torch.Tensor, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]],
     progress: Callable[[float | None, str], None] = lambda f, m: None,
 ) -> LatentLanguageResult:
-    """``encode(text) -> ids``; ``last_residuals(ids) -> (layer, d_model)`` residual states at the
-    last position (block-0 input, then every block output); decoded with ``model.decode``."""
+    """``encode(text) -> ids``; ``last_lens(ids, (answer, pivot)) -> (probs (layer, 2), top1 (layer,))``:
+    the logit-lens probabilities of the two tokens at the last position of every residual slot
+    (block-0 input, then every block output) and each slot's top-1 token (``tracing.last_position_lens``)."""
     from workbench import prompts as prompt_tools
 
     usable, skipped = usable_prompts(
@@ -166,11 +160,10 @@ def compute(
         )
     p_answer, p_pivot, correct = [], [], []
     for i, item in enumerate(usable):
-        decoded = model.decode(last_residuals(encode(item.spec.text)))  # (layer, vocab)
-        answer, pivot, ok = last_position_probs(decoded, item.answer_id, item.pivot_id)
-        p_answer.append(answer)
-        p_pivot.append(pivot)
-        correct.append(ok)
+        probs, top1 = last_lens(encode(item.spec.text), (item.answer_id, item.pivot_id))
+        p_answer.append(probs[:, 0].float().numpy())
+        p_pivot.append(probs[:, 1].float().numpy())
+        correct.append(bool(top1[-1] == item.answer_id))
         progress((i + 1) / len(usable), f"Prompt {i + 1} of {len(usable)}")
     n_layers = len(p_answer[0])
     return LatentLanguageResult(
