@@ -22,6 +22,7 @@ from bench.common import interleaved_medians, median_seconds, throwaway_workbenc
 from workbench import prompts, tracing
 from workbench.analyses import logit_lens
 from workbench.analyses.logit_lens import LogitLensRequest
+from workbench.lens_math import kl_divergence
 
 PROMPT = (
     "The Eiffel Tower, completed in 1889 for the World's Fair, stands on the Champ de Mars in "
@@ -49,7 +50,7 @@ def main() -> None:
         def decode_after():
             logprobs = torch.log_softmax(model.decode(tracing.residual_stream(model, ids).resid), dim=-1)
             logprobs.topk(request.top_k, dim=-1)
-            logit_lens.kl_divergence(logprobs[-1], logprobs)
+            kl_divergence(logprobs[-1], logprobs)
 
         tracing.forward_logits(model, ids)  # warm-up
         lens()

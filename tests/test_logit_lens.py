@@ -9,6 +9,7 @@ import torch
 from workbench import prompts, tracing
 from workbench.analyses import logit_lens
 from workbench.analyses.logit_lens import LogitLensRequest
+from workbench.lens_math import kl_divergence
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -49,7 +50,7 @@ def test_in_trace_lens_equals_decoding_the_recorded_residual_stream(workbench, t
     ids = prompts.encode(model, PROMPT, workbench.settings).ids
     target = prompts.single_token_id(model, " Mary")
     logprobs = torch.log_softmax(model.decode(tracing.residual_stream(model, ids).resid).double(), -1)
-    reference_kl = logit_lens.kl_divergence(logprobs[-1], logprobs)
+    reference_kl = kl_divergence(logprobs[-1], logprobs)
     one_chunk = tracing.lens_statistics(model, ids, 4, target, budget_bytes=1 << 40)
     n_slots = model.info.n_layers + 1
     for budget in (1, 2 * len(ids) * model.info.vocab_size * 4 * 5, 1 << 40):  # 1, 2 and all slots per chunk
@@ -67,8 +68,8 @@ def test_kl_divergence_matches_definition():
     p = torch.log_softmax(torch.tensor([[1.0, 2.0, 0.5]], dtype=torch.float64), -1)
     q = torch.log_softmax(torch.tensor([[0.0, 1.0, 3.0]], dtype=torch.float64), -1)
     expected = sum(p.exp()[0, i] * (p[0, i] - q[0, i]) for i in range(3))
-    assert float(logit_lens.kl_divergence(p, q)[0]) == pytest.approx(float(expected), abs=1e-12)
-    assert float(logit_lens.kl_divergence(p, p)[0]) == 0.0
+    assert float(kl_divergence(p, q)[0]) == pytest.approx(float(expected), abs=1e-12)
+    assert float(kl_divergence(p, p)[0]) == 0.0
 
 
 def test_gemma_softcap_is_applied(workbench, tiny_dirs):

@@ -17,6 +17,7 @@ import nnsight
 import torch
 
 from workbench import remote
+from workbench.lens_math import kl_divergence, soft_cap
 from workbench.models import adapter
 from workbench.models.loader import LoadedModel
 
@@ -91,16 +92,14 @@ def lens_statistics(model: LoadedModel, token_ids: torch.Tensor, k: int, target_
             final = None
             top_ids, top_logprobs, kls, ranks, targets = [], [], [], [], []
             for end in range(len(states), 0, -size):  # the last chunk first
-                logits = lm.unembed(lm.final_norm(torch.cat(states[max(0, end - size):end]))).float()
-                if cap:
-                    logits = torch.tanh(logits / cap) * cap
+                logits = soft_cap(lm.unembed(lm.final_norm(torch.cat(states[max(0, end - size):end]))).float(), cap)
                 logprobs = torch.log_softmax(logits, dim=-1)  # (slots, seq, vocab)
                 if final is None:
                     final = logprobs[-1]
                 top = logprobs.topk(k, dim=-1)
                 top_ids.append(top.indices)
                 top_logprobs.append(top.values)
-                kls.append((final.exp() * (final - logprobs)).sum(-1).clamp_min(0.0))
+                kls.append(kl_divergence(final, logprobs))
                 if target_id is not None:
                     last = logprobs[:, -1]  # (slots, vocab)
                     target = last[:, target_id]
@@ -133,9 +132,7 @@ def last_position_lens(model: LoadedModel, token_ids: torch.Tensor, wanted: tupl
             states = [_first(lm.layers[0].input)[:, -1]]
             for layer in range(n_layers):
                 states.append(_first(lm.layers[layer].output)[:, -1])
-            logits = lm.unembed(lm.final_norm(torch.cat(states))).float()  # (slot, vocab)
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
+            logits = soft_cap(lm.unembed(lm.final_norm(torch.cat(states))).float(), cap)  # (slot, vocab)
             probs = torch.softmax(logits.double(), dim=-1)
             chosen = nnsight.save(probs[:, wanted])
             top1 = nnsight.save(probs.argmax(dim=-1))

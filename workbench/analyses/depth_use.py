@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from workbench.lens_math import kl_divergence
 from workbench.tracing import SublayerTrace
 
 NAME = "depth_use"
@@ -79,7 +80,7 @@ def kl_from_logits(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor
     """KL(softmax(reference) || softmax(other)) over the last axis, in float64."""
     logp = torch.log_softmax(reference.double(), -1)
     logq = torch.log_softmax(other.double(), -1)
-    return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
+    return kl_divergence(logp, logq)
 
 
 def compute(

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from workbench.errors import BadRequest
 from workbench.models.loader import LoadedModel
@@ -107,11 +106,6 @@ def compute(
         target_rank=lens.target_rank.numpy(),
         target_prob=lens.target_logprob.exp().numpy(),
     )
-
-
-def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) over the last axis, from log-probabilities."""
-    return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
 
 
 def _decode_ids(model: LoadedModel, ids: np.ndarray) -> np.ndarray:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from workbench import tracing
-from workbench.analyses.logit_lens import kl_divergence
 from workbench.errors import BadRequest
+from workbench.lens_math import kl_divergence
 from workbench.models.loader import LoadedModel
 
 NAME = "neuron_effect"

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from workbench.errors import BadRequest
+from workbench.lens_math import kl_divergence
 
 NAME = "tuned_lens_comparison"
 VERSION = 1
@@ -158,7 +159,7 @@ def held_out_statistics(logits: torch.Tensor, next_ids: torch.Tensor, totals: _T
     """Accumulate per-layer sums over one chunk; logits (layer, seq, vocab), next_ids (seq - 1,)."""
     logp = torch.log_softmax(logits.double(), -1)
     final = logp[-1]
-    kl = (final.exp() * (final - logp)).sum(-1).clamp_min(0).sum(-1)  # (layer,)
+    kl = kl_divergence(final, logp).sum(-1)  # (layer,)
     top1 = (logp.argmax(-1) == final.argmax(-1)).double().sum(-1)
     nll = -logp[:, :-1].gather(-1, next_ids.view(1, -1, 1).expand(logp.shape[0], -1, 1)).squeeze(-1).sum(-1)
     if totals is None:

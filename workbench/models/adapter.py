@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import UnsupportedArchitecture
+from workbench.lens_math import soft_cap
 
 
 @dataclass(frozen=True)
@@ -189,10 +190,7 @@ def logit_softcap(spec: ArchitectureSpec, config: object) -> float | None:
 
 def final_logits(spec: ArchitectureSpec, config: object, logits: torch.Tensor) -> torch.Tensor:
     """Apply the architecture's post-unembedding transform (Gemma's soft-cap, if configured)."""
-    cap = logit_softcap(spec, config)
-    if cap:
-        return torch.tanh(logits / cap) * cap
-    return logits
+    return soft_cap(logits, logit_softcap(spec, config))
 
 
 # ---------------------------------------------------------------------- MLP weights by role
