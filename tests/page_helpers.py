@@ -3,14 +3,12 @@ on a page, and decoding plotly 7's binary-encoded arrays."""
 
 from __future__ import annotations
 
-import base64
-
-import numpy as np
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import ui
+from workbench import export
 from workbench.config import PROJECT_ROOT
 
 
@@ -35,8 +33,5 @@ def open_page(at: AppTest, page: str, model: str) -> AppTest:
 
 
 def decode_plotly(value):
-    """plotly 7 encodes arrays as {dtype, bdata, shape}."""
-    if isinstance(value, dict) and "bdata" in value:
-        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        return array.reshape([int(s) for s in str(value.get("shape", len(array))).split(",")])
-    return np.asarray(value)
+    """plotly 7 encodes arrays as {dtype, bdata, shape}: decoded as the export does."""
+    return export.plotly_array(value)

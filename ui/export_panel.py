@@ -4,8 +4,6 @@ only when a download is clicked (Streamlit's deferred download data)."""
 
 from __future__ import annotations
 
-import re
-
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -22,7 +20,7 @@ def chart(fig: go.Figure, key: str, spec: export.FigureSpec | None = None, name:
     regenerate the figure (``python -m workbench regenerate``), without it the bundle records the
     figure and its data only.
     """
-    filename = _slug(name or key)
+    filename = export.slug(name or key)
     st.plotly_chart(fig, key=key, config={"toImageButtonOptions": {"format": "svg", "filename": filename}})
     with st.expander("Export figure", expanded=False):
         _controls(fig, key, spec, filename)
@@ -64,6 +62,3 @@ def _bundle(fig: go.Figure, spec: export.FigureSpec | None, style: export.PaperS
         return export.make_bundle(ui.workbench(), spec, style, formats).zip_bytes()
     return export.figure_bundle(fig, style, formats).zip_bytes()
 
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "figure"

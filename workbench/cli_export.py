@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -106,7 +105,7 @@ def _run(args) -> int:
     if figure not in entry.figures:
         raise BadRequest(f"{entry.name} has no figure {figure!r}. Figures: {', '.join(entry.figures)}.")
     spec = export.FigureSpec(f"{entry.name}:{figure}", (export.FigureSource(entry.name, args.model, request),))
-    model_slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(args.model).name or args.model).strip("-")
+    model_slug = export.slug(Path(args.model).name or args.model, "model")
     out = args.out or Path("exports") / f"{entry.name}-{figure}-{model_slug}-{request_digest(request)[:10]}"
     workbench = _workbench()
     try:

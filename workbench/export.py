@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import re
 import threading
 import zipfile
 from collections.abc import Callable
@@ -276,15 +277,22 @@ def figure_data(fig: go.Figure) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
-def _as_array(value) -> np.ndarray | None:
-    """A trace attribute as an array; plotly 7 may hold typed arrays as {dtype, bdata, shape}."""
-    if value is None:
-        return None
+def plotly_array(value) -> np.ndarray:
+    """A figure attribute as a numpy array: plotly 7 holds typed arrays as {dtype, bdata, shape}."""
     if isinstance(value, dict) and "bdata" in value:
         flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-        shape = [int(n) for n in str(value.get("shape", len(flat))).split(",")]
-        return flat.reshape(shape).astype(object)
-    return np.asarray(value, dtype=object)
+        return flat.reshape([int(n) for n in str(value.get("shape", len(flat))).split(",")])
+    return np.asarray(value)
+
+
+def _as_array(value) -> np.ndarray | None:
+    """A trace attribute as an object array (mixed numbers and text), or None."""
+    return None if value is None else plotly_array(value).astype(object)
+
+
+def slug(text: str, fallback: str = "figure") -> str:
+    """``text`` made safe as a file name: runs of other characters become '-'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or fallback
 
 
 def _trace_rows(index: int, trace: dict) -> pd.DataFrame:

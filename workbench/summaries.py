@@ -76,11 +76,11 @@ def logit_lens_summary(result: logit_lens.LogitLensResult) -> list[LayerSummary]
 
 def patching_summary(result: patching.PatchingResult) -> list[LayerSummary]:
     """Largest activation-patching effect on m over positions, per layer and site."""
-    resid = np.abs(result.act_resid).max(axis=1)  # block l's input = residual slot l
+    resid = np.abs(result.act_resid).max(axis=1).astype(np.float64)  # block l's input = residual slot l
     name = result.model_name
     return [
-        LayerSummary(name, patching.NAME, "patching max |effect| on m: residual stream", np.arange(len(resid))
-                     / len(resid), resid.astype(np.float64), tuple(str(i) for i in range(len(resid)))),
+        LayerSummary(name, patching.NAME, "patching max |effect| on m: residual stream",
+                     slot_depth(len(resid))[:-1], resid, tuple(str(i) for i in range(len(resid)))),
         _blocks(name, patching.NAME, "patching max |effect| on m: attention output", np.abs(result.act_attn).max(1)),
         _blocks(name, patching.NAME, "patching max |effect| on m: MLP output", np.abs(result.act_mlp).max(1)),
     ]
