@@ -52,3 +52,7 @@ class RemoteUnavailable(WorkbenchError):
 class RemoteUnsupported(WorkbenchError):
     """The analysis needs the model's weights on this machine (PyTorch hooks, weight reads), which a
     model run remotely on NDIF does not have."""
+
+
+class ExportUnavailable(WorkbenchError):
+    """Static images cannot be made here (no Chromium, or it failed)."""
