@@ -104,9 +104,9 @@ with batch_tab:
                 f"(other sink tokens: {levels.count('primary-like')} primary-like, {levels.count('noise')} noise)."
             )
             ui.chart(figures.onset_histogram(levels), "lv_onsets",
-                     spec_of("attention_sink_levels", "onset_histogram", req_model, levels_request))
+                     spec_of("sink_levels", "onset_histogram", req_model, levels_request))
             if len(levels.sink_onset):
                 ui.chart(figures.lifetime_scatter(levels), "lv_scatter",
-                         spec_of("attention_sink_levels", "lifetime_scatter", req_model, levels_request))
+                         spec_of("sink_levels", "lifetime_scatter", req_model, levels_request))
     else:
         st.info("Edit the prompt set if you like and press **Run over the prompt set** (results are cached).")

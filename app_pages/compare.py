@@ -9,7 +9,7 @@ from workbench import concept_datasets
 from workbench.analyses.attention_sinks import SinkProbeRequest
 from workbench.analyses.depth_use import DepthUseRequest
 from workbench.analyses.logit_lens import LogitLensRequest
-from workbench.analyses.neurons import NeuronClassRequest
+from workbench.analyses.neuron_classes import NeuronClassRequest
 from workbench.analyses.patching import PatchingRequest
 from workbench.export import OVERLAY, FigureSource, FigureSpec, build_figure, spec_of
 from workbench.models import catalog

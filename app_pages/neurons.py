@@ -4,13 +4,13 @@
 import streamlit as st
 
 import ui
+from workbench.analyses.neuron_classes import CLASS_NAMES, NeuronClassRequest
 from workbench.analyses.neuron_contexts import contexts_of
 from workbench.analyses.neuron_effect import NeuronEffectRequest
 from workbench.analyses.neuron_vocab import NeuronVocabRequest
-from workbench.analyses.neurons import CLASS_NAMES, NeuronClassRequest
 from workbench.export import spec_of
 from workbench.figures import display_token
-from workbench.figures import neurons as figures
+from workbench.figures import neuron_classes as figures
 from workbench.registry import entry
 
 st.title("Neurons")

@@ -4,8 +4,8 @@ scoreboard over IOI pairs. Widgets -> request -> service -> figures; nothing is 
 import streamlit as st
 
 import ui
-from workbench.analyses.faithfulness import MAX_PAIRS, FaithfulnessRequest
 from workbench.analyses.patching import HEADS, SITES, PatchingRequest
+from workbench.analyses.patching_faithfulness import MAX_PAIRS, FaithfulnessRequest
 from workbench.export import spec_of
 from workbench.figures import patching as figures
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from bench.common import forward_batch
 from workbench import concept_datasets, tracing
 from workbench.analyses.concept_depth import ConceptDepthRequest
 from workbench.config import load_settings
@@ -49,9 +50,9 @@ def main() -> None:
         model = wb.model(args.model)
         sequences = sorted((model.tokenizer(t).input_ids for t in texts), key=len)
         steps = {
-            "forward batched": lambda: [tracing.forward_batch(model, b) for b in batches(sequences, args.batch)],
+            "forward batched": lambda: [forward_batch(model, b) for b in batches(sequences, args.batch)],
             "extract batched": lambda: [tracing.last_token_states(model, b) for b in batches(sequences, args.batch)],
-            "forward unbatched": lambda: [tracing.forward_batch(model, [s]) for s in sequences],
+            "forward unbatched": lambda: [forward_batch(model, [s]) for s in sequences],
             "extract unbatched": lambda: [tracing.last_token_states(model, [s]) for s in sequences],
         }
         request = ConceptDepthRequest("mix", tuple(texts), tuple(labels))

@@ -18,7 +18,7 @@ import torch
 
 from bench.bench_logit_lens import PROMPT
 from bench.common import median_seconds, throwaway_workbench
-from workbench import prompts, tracing
+from workbench import lens_training, lenses, prompts, tracing
 from workbench.analyses import depth_use, tuned_lens
 from workbench.analyses.depth_use import DepthUseRequest
 
@@ -32,16 +32,16 @@ def main() -> None:
         model = wb.model(args.model)
         encoded = prompts.encode(model, PROMPT, wb.settings)
         ids, seq = encoded.ids, len(encoded.ids)
-        translators = tuned_lens.Translators(model.info.n_layers, model.info.d_model)
+        translators = lenses.AffineLens(model.info.n_layers, model.info.d_model)
         with torch.no_grad():
             translators.weight.normal_(0, 0.01)
-        optimizer = tuned_lens.make_optimizer(translators, tuned_lens.TunedLensConfig())
+        optimizer = lens_training.make_optimizer(translators, tuned_lens.TunedLensConfig())
 
         def logit():
             model.decode(tracing.residual_stream(model, ids).resid)
 
         def tuned():
-            tuned_lens.tuned_logits(model, translators, tracing.residual_stream(model, ids).resid)
+            lenses.lens_logits(model, translators, tracing.residual_stream(model, ids).resid)
 
         def depth():
             clean = tracing.sublayer_stream(model, ids)
@@ -50,7 +50,7 @@ def main() -> None:
 
         def step():
             resid = tracing.residual_stream(model, ids).resid
-            tuned_lens.training_step(model, translators, optimizer, resid, 1.0)
+            lens_training.training_step(model, translators, optimizer, resid, 1.0)
 
         timings = {"forward": lambda: tracing.forward_logits(model, ids), "logit lens": logit,
                    "tuned lens": tuned, "depth use": depth, "tuned step": step}

@@ -22,7 +22,7 @@ from bench.common import interleaved_medians, median_seconds, throwaway_workbenc
 from workbench import prompts, tracing
 from workbench.analyses import logit_lens
 from workbench.analyses.logit_lens import LogitLensRequest
-from workbench.lens_math import kl_divergence
+from workbench.lenses import kl_divergence
 
 PROMPT = (
     "The Eiffel Tower, completed in 1889 for the World's Fair, stands on the Champ de Mars in "
@@ -44,7 +44,7 @@ def main() -> None:
         ids = encoded.ids
 
         def lens():
-            stats = tracing.lens_statistics(model, ids, request.top_k, target)
+            stats = logit_lens.lens_statistics(model, ids, request.top_k, target)
             logit_lens.compute(model, encoded.tokens, stats, request, target)
 
         def decode_after():

@@ -18,7 +18,8 @@ import argparse
 
 from bench.common import median_seconds, throwaway_workbench
 from workbench import prompts, tracing
-from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab, neurons
+from workbench.analyses import neuron_classes as neurons
+from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab
 
 PROMPT = "The capital of France is"
 

@@ -44,3 +44,16 @@ def throwaway_workbench() -> Iterator[Workbench]:
             yield wb
         finally:
             wb.close()
+
+
+def forward_batch(model, sequences: list[list[int]]):
+    """A plain padded batch forward pass (no nnsight), last-position logits only: the baseline
+    the concept-depth extraction benchmark compares against."""
+    import torch
+
+    from workbench.tracing import _right_padded
+
+    ids, mask, _ = _right_padded(sequences)
+    with model.lock, torch.no_grad():
+        out = model.hf_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=1)
+    return out.logits[:, -1].float().cpu()

@@ -15,8 +15,9 @@ import time
 import numpy as np
 
 from workbench import prompt_pairs
-from workbench.analyses import faithfulness, patching
-from workbench.analyses.faithfulness import PAPER_GPT2_SMALL_PEARSON, FaithfulnessRequest
+from workbench.analyses import patching
+from workbench.analyses import patching_faithfulness as faithfulness
+from workbench.analyses.patching_faithfulness import PAPER_GPT2_SMALL_PEARSON, FaithfulnessRequest
 from workbench.config import load_settings
 from workbench.interventions import HEADS, SITES, Rules
 from workbench.service import Workbench

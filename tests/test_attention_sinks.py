@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny_models import logits_with_attention
 from workbench import prompts, tracing
 from workbench.analyses import attention_sinks as sinks
 from workbench.analyses import sink_levels
@@ -188,7 +189,7 @@ def test_eager_attention_equals_sdpa(workbench, tiny_dir):
     model = workbench.model(str(tiny_dir))
     ids = prompts.encode(model, PROMPT, workbench.settings).ids
     eager = tracing.forward_logits(model, ids)
-    sdpa = tracing.logits_with_attention(model, ids, "sdpa")
+    sdpa = logits_with_attention(model, ids, "sdpa")
     torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-5)
     assert model.hf_model.config._attn_implementation == "eager"  # restored for later traces
     assert tracing.attention_and_states(model, ids).attn.shape[0] == model.info.n_layers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.tiny_models import logits_with_attention
 from workbench import prompts, tracing
 from workbench.analyses.attention_sinks import SinkProbeRequest
 
@@ -31,7 +32,7 @@ def test_eager_matches_sdpa_on_real_model(workbench, name):
     model = workbench.model(name)
     ids = prompts.encode(model, PROMPT, workbench.settings).ids
     eager = tracing.forward_logits(model, ids)
-    torch.testing.assert_close(tracing.logits_with_attention(model, ids, "sdpa"), eager, rtol=0, atol=1e-3)
+    torch.testing.assert_close(logits_with_attention(model, ids, "sdpa"), eager, rtol=0, atol=1e-3)
     trace = tracing.attention_and_states(model, ids)
     assert trace.attn.shape == (model.info.n_layers, model.info.n_heads, len(ids), len(ids))
     torch.testing.assert_close(trace.attn.sum(-1), torch.ones(trace.attn.shape[:-1]), rtol=0, atol=1e-5)

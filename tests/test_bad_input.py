@@ -26,13 +26,13 @@ from workbench import prompts
 from workbench.analyses.attention_sinks import SinkProbeRequest
 from workbench.analyses.concept_depth import ConceptDepthRequest
 from workbench.analyses.depth_use import DepthUseRequest
-from workbench.analyses.faithfulness import FaithfulnessRequest
 from workbench.analyses.latent_language import LatentLanguageRequest
 from workbench.analyses.logit_lens import LogitLensRequest
+from workbench.analyses.neuron_classes import NeuronClassRequest
 from workbench.analyses.neuron_effect import NeuronEffectRequest
 from workbench.analyses.neuron_vocab import NeuronVocabRequest
-from workbench.analyses.neurons import NeuronClassRequest
 from workbench.analyses.patching import PatchingRequest
+from workbench.analyses.patching_faithfulness import FaithfulnessRequest
 from workbench.analyses.sink_levels import SinkLevelsRequest
 from workbench.analyses.tuned_lens import TunedLensConfig
 from workbench.config import PROJECT_ROOT, Settings
@@ -131,7 +131,7 @@ ALL_ENTRY_POINTS = {
     **OTHER_ENTRY_POINTS,
 }
 # Public Workbench methods that are plumbing, not analyses a user asks for.
-NOT_ENTRY_POINTS = {"close", "local_model", "model", "residual_stream", "cached", "concept_features",
+NOT_ENTRY_POINTS = {"close", "local_model", "model", "run", "concept_features",
                     "tuned_lens_trainer"}
 
 

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from tests.page_helpers import decode_plotly, open_page
 from workbench import summaries
 from workbench.analyses.logit_lens import LogitLensRequest
-from workbench.analyses.neurons import NeuronClassRequest
+from workbench.analyses.neuron_classes import NeuronClassRequest
 from workbench.config import PROJECT_ROOT
 from workbench.service import Workbench
 

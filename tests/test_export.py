@@ -16,7 +16,7 @@ from workbench.analyses import request_digest
 from workbench.analyses.attention_sinks import SinkProbeRequest
 from workbench.analyses.concept_depth import ConceptDepthRequest
 from workbench.analyses.logit_lens import LogitLensRequest
-from workbench.analyses.neurons import NeuronClassRequest
+from workbench.analyses.neuron_classes import NeuronClassRequest
 from workbench.analyses.patching import PatchingRequest
 from workbench.analyses.sink_levels import SinkLevelsRequest
 from workbench.errors import BadRequest
@@ -41,7 +41,7 @@ def lens_spec(model: str, prompt: str = PROMPT, figure: str = "heatmap") -> expo
     ConceptDepthRequest("t", tuple("abcdefgh"), (0, 1) * 4, noise_tokens=2),
 ])
 def test_request_json_round_trip_is_exact(request_obj):
-    entry = next(e for e in registry.ENTRIES.values() if isinstance(request_obj, e.request_type))
+    entry = next(e for e in registry.ENTRIES.values() if isinstance(request_obj, e.Request))
     data = json.loads(json.dumps(json.loads(export.request_json(request_obj))))
     rebuilt = entry.request(data)
     assert rebuilt == request_obj
@@ -63,7 +63,7 @@ def test_request_errors_are_clear():
         ("logit_lens", {"prompt": "x", "top_k": True}, "top_k must be int, not true"),
         ("logit_lens", {"prompt": "x", "top_k": 5.5}, "top_k must be int, not 5.5"),
         ("logit_lens", {"prompt": ["x"]}, "prompt must be str"),
-        ("attention_sink_levels", {"prompts": "abc"}, "prompts is a list"),
+        ("sink_levels", {"prompts": "abc"}, "prompts is a list"),
         ("concept_depth", {"task": "t", "texts": list("abcdefgh"), "labels": [0, 1] * 3 + [0, "x"]},
          r"labels\[7\] must be int"),
     ]
@@ -357,15 +357,15 @@ def test_every_registered_figure_uses_a_colour_blind_safe_palette(workbench, tin
 
     from workbench import concept_datasets
     from workbench.analyses.depth_use import DepthUseRequest
-    from workbench.analyses.faithfulness import FaithfulnessRequest
     from workbench.analyses.latent_language import LatentLanguageRequest
     from workbench.analyses.neuron_effect import NeuronEffectRequest
     from workbench.analyses.neuron_vocab import NeuronVocabRequest
+    from workbench.analyses.patching_faithfulness import FaithfulnessRequest
 
     factual = concept_datasets.builtin("factual").subset(40)
     requests = {
         "logit_lens": LogitLensRequest(PROMPT, " Paris"), "depth_use": DepthUseRequest(PROMPT),
-        "attention_sinks": SinkProbeRequest(prompt=PROMPT), "attention_sink_levels": SinkLevelsRequest(
+        "attention_sinks": SinkProbeRequest(prompt=PROMPT), "sink_levels": SinkLevelsRequest(
             prompts=(PROMPT, "one two three four")), "neuron_classes": NeuronClassRequest(),
         "neuron_vocab": NeuronVocabRequest(1, 3), "neuron_effect": NeuronEffectRequest(PROMPT, 1, 3, factor=2.0),
         "patching": PatchingRequest(*PAIR), "patching_faithfulness": FaithfulnessRequest(n_pairs=2),

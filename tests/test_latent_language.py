@@ -42,7 +42,7 @@ def test_single_token_filter_and_limit():
 def test_last_position_lens_equals_decoding_the_recorded_stream(workbench, tiny_dir):
     model = workbench.model(str(tiny_dir))
     ids = prompts.encode(model, "When Mary and John went to the store", workbench.settings).ids
-    probs, top1 = tracing.last_position_lens(model, ids, (3, 5, 3))
+    probs, top1 = latent_language.last_position_lens(model, ids, (3, 5, 3))
     reference = torch.softmax(model.decode(tracing.residual_stream(model, ids).resid[:, -1]).double(), dim=-1)
     assert probs.shape == (model.info.n_layers + 1, 3) and probs.dtype == torch.float64
     torch.testing.assert_close(probs, reference[:, [3, 5, 3]], rtol=1e-4, atol=1e-8)

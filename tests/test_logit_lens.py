@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from workbench import prompts, tracing
+from workbench import lenses, prompts, tracing
 from workbench.analyses import logit_lens
 from workbench.analyses.logit_lens import LogitLensRequest
-from workbench.lens_math import kl_divergence
+from workbench.lenses import kl_divergence
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
@@ -51,17 +51,17 @@ def test_in_trace_lens_equals_decoding_the_recorded_residual_stream(workbench, t
     target = prompts.single_token_id(model, " Mary")
     logprobs = torch.log_softmax(model.decode(tracing.residual_stream(model, ids).resid).double(), -1)
     reference_kl = kl_divergence(logprobs[-1], logprobs)
-    one_chunk = tracing.lens_statistics(model, ids, 4, target, budget_bytes=1 << 40)
+    one_chunk = logit_lens.lens_statistics(model, ids, 4, target, budget_bytes=1 << 40)
     n_slots = model.info.n_layers + 1
     for budget in (1, 2 * len(ids) * model.info.vocab_size * 4 * 5, 1 << 40):  # 1, 2 and all slots per chunk
-        lens = tracing.lens_statistics(model, ids, 4, target, budget_bytes=budget)
+        lens = logit_lens.lens_statistics(model, ids, 4, target, budget_bytes=budget)
         assert lens.top_ids.shape == (n_slots, len(ids), 4) and lens.target_rank.shape == (n_slots,)
         torch.testing.assert_close(lens.top_logprobs.double(), logprobs.topk(4, -1).values, rtol=0, atol=1e-5)
         torch.testing.assert_close(lens.kl_to_final.double(), reference_kl, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(lens.target_logprob.double(), logprobs[:, -1, target], rtol=0, atol=1e-5)
         assert torch.equal(lens.kl_to_final[-1], torch.zeros(len(ids)))  # KL(final || final) exactly 0
         assert torch.equal(lens.top_ids, one_chunk.top_ids) and torch.equal(lens.target_rank, one_chunk.target_rank)
-    assert tracing.lens_chunk_slots(len(ids), model.info.vocab_size, 1) == 1
+    assert lenses.lens_chunk_slots(len(ids), model.info.vocab_size, 1) == 1
 
 
 def test_kl_divergence_matches_definition():

@@ -1,5 +1,5 @@
 """Memory: a logit lens on a prompt at the token limit decodes one residual slot at a time inside its
-trace (``tracing.lens_statistics``), so its peak memory stays well below the (layer, seq, vocab)
+trace (``logit_lens.lens_statistics``), so its peak memory stays well below the (layer, seq, vocab)
 float32 logits it would need all at once; a prompt over the limit is refused before the model runs."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 
 from tests.tiny_models import build_tokenizer
 from workbench import prompts, tracing
+from workbench.analyses import logit_lens
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.config import Settings
 from workbench.errors import BadPrompt
@@ -73,8 +74,8 @@ def test_lens_at_the_token_limit_keeps_one_slot_of_logits(wb, big_vocab_dir, mon
     all_at_once = n_slots * LIMIT * VOCAB * 4  # bytes of the float32 logits of every slot: 852 MB
 
     traces = []
-    plain = tracing.lens_statistics
-    monkeypatch.setattr(tracing, "lens_statistics", lambda *a, **k: traces.append(plain(*a, **k)) or traces[-1])
+    plain = logit_lens.lens_statistics
+    monkeypatch.setattr(logit_lens, "lens_statistics", lambda *a, **k: traces.append(plain(*a, **k)) or traces[-1])
     can_measure = _reset_peak_rss()
     baseline = _peak_rss_bytes()
     result = wb.logit_lens(name, LogitLensRequest(prompt, top_k=3))
@@ -97,7 +98,7 @@ def test_over_limit_prompt_is_refused_before_tracing(wb, big_vocab_dir, monkeypa
     name = str(big_vocab_dir)
     wb.model(name)  # loaded: the refusal below must come from the token count, not from loading
     traced = []
-    for function in ("residual_stream", "attention_and_states", "sublayer_stream", "lens_statistics"):
+    for function in ("residual_stream", "attention_and_states", "sublayer_stream", "reduce_slots"):
         original = getattr(tracing, function)
         monkeypatch.setattr(tracing, function,
                             lambda *a, _f=original, _n=function, **k: traced.append(_n) or _f(*a, **k))

@@ -12,8 +12,9 @@ import torch
 from scipy import stats
 
 from workbench import prompts, tracing
-from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab, neurons
-from workbench.analyses.neurons import CLASS_ID, NeuronClassRequest
+from workbench.analyses import neuron_classes as neurons
+from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab
+from workbench.analyses.neuron_classes import CLASS_ID, NeuronClassRequest
 from workbench.errors import BadPrompt, BadRequest
 from workbench.models import adapter
 from workbench.store import codec

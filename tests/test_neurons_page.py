@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.page_helpers import decode_plotly, open_page
-from workbench.analyses.neurons import CLASS_NAMES
+from workbench.analyses.neuron_classes import CLASS_NAMES
 
 
 @pytest.fixture

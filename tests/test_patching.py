@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from workbench import interventions, prompt_pairs
-from workbench.analyses import faithfulness, patching
-from workbench.analyses.faithfulness import FaithfulnessRequest
+from workbench.analyses import activation_patching, patching
+from workbench.analyses import patching_faithfulness as faithfulness
 from workbench.analyses.patching import PatchingRequest
+from workbench.analyses.patching_faithfulness import FaithfulnessRequest
 from workbench.errors import BadAnswer, BadPrompt, BadRequest
 from workbench.interventions import HEADS, SITES, Rules
 from workbench.store import ResultKey
@@ -183,9 +184,9 @@ def test_progress_can_cancel_and_nothing_is_stored(workbench, tiny_dirs):
     local = workbench.local_model(name)
     key = ResultKey(patching.NAME, patching.VERSION, local.digest, patching_digest(request))
     assert workbench.store.get_result(key, patching.PatchingResult) is None
-    act = patching.ACTIVATION
-    act_key = ResultKey(act.NAME, act.VERSION, local.digest, patching_digest(request.activation_request))
-    assert workbench.store.get_result(act_key, act.RESULT_TYPE) is None
+    act = activation_patching.ANALYSIS
+    act_key = ResultKey(act.name, act.version, local.digest, patching_digest(request.activation_request))
+    assert workbench.store.get_result(act_key, act.Result) is None
     first = workbench.patching(name, request)
     again = workbench.patching(name, request)
     assert same_result(first, again)

@@ -14,6 +14,7 @@ equal the local frame's, and the results are bit-identical.
 from __future__ import annotations
 
 import ast
+import inspect
 import dataclasses
 import http.server
 import json
@@ -31,7 +32,7 @@ from nnsight.schema.request import RequestModel
 from nnsight.tracing.backend import Backend
 
 from workbench import interventions, remote, tracing
-from workbench.analyses import depth_use, logit_lens
+from workbench.analyses import depth_use, latent_language, logit_lens
 from workbench.analyses.patching import PatchingRequest
 from workbench.config import Settings
 from workbench.errors import RemoteUnavailable, RemoteUnsupported
@@ -128,6 +129,8 @@ def _same_value(a, b) -> bool:
         return isinstance(b, torch.Tensor) and torch.equal(a, b)
     if hasattr(a, "_module"):  # an envoy: NDIF resolves its module by path (a persistent id)
         return a.path == b.path
+    if inspect.isfunction(a):  # an in-trace reduction travels as its code: the same function, rebuilt there
+        return inspect.isfunction(b) and a.__qualname__ == b.__qualname__ and a.__code__.co_code == b.__code__.co_code
     return a == b
 
 
@@ -135,8 +138,8 @@ CASES = {
     "residual stream": lambda m: tracing.residual_stream(m, IDS),
     "skip-layer intervention": lambda m: tracing.skip_layers(m, IDS, [None, 0, 1]),
     "neuron ablation": lambda m: tracing.scale_neuron(m, IDS, 1, 7, 0.0),
-    "logit lens (decoded in the trace)": lambda m: tracing.lens_statistics(m, IDS, 3, 5),
-    "latent-language lens (last position)": lambda m: tracing.last_position_lens(m, IDS, (5, 7)),
+    "logit lens (decoded in the trace)": lambda m: logit_lens.lens_statistics(m, IDS, 3, 5),
+    "latent-language lens (last position)": lambda m: latent_language.last_position_lens(m, IDS, (5, 7)),
 }
 
 

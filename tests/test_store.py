@@ -71,7 +71,7 @@ def test_cached_result_equals_recomputed_and_skips_the_model(workbench, tiny_dir
     from workbench.service import Workbench
 
     again = Workbench(settings)
-    monkeypatch.setattr(again, "model", lambda *a, **k: pytest.fail("a cache hit must not load the model"))
+    monkeypatch.setattr(again.runtime.pool, "load", lambda *a, **k: pytest.fail("a cache hit must not load the model"))
     assert same_result(again.logit_lens(name, request), first)
     again.close()
 

@@ -147,12 +147,15 @@ def filled_cache(settings, tiny_dirs, monkeypatch):
         ("llama", "Rome"): backend.logit_lens(llama, LogitLensRequest(PROMPT, target=" Rome")),
         ("gpt2", "Paris"): backend.logit_lens(gpt2, LogitLensRequest(PROMPT, target=" Paris")),
     }
-    from workbench import prompts
+    from workbench import prompts, tracing
     from workbench.analyses.depth_use import DepthUseRequest
+    from workbench.store.duckdb_store import ids_digest
 
-    for name in (llama, gpt2):  # the residual stream of the prompt, as the tuned lens stores it
+    for name in (llama, gpt2):  # an activation set per model: the residual stream of the prompt
         model = backend.model(name)
-        backend.residual_stream(model, prompts.encode(model, PROMPT, settings).ids)
+        ids = prompts.encode(model, PROMPT, settings).ids
+        backend.runtime.activations(model.digest, "resid", ids_digest(ids),
+                                    lambda model=model, ids=ids: tracing.residual_stream(model, ids).resid.numpy())
     backend.depth_use(llama, DepthUseRequest(PROMPT))
     backend.close()
     monkeypatch.setenv("LAYERLENS_CACHE_DIR", str(settings.cache_dir))

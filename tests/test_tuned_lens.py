@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench import corpus, prompts, tracing
+from workbench import corpus, lenses, prompts, tracing
 from workbench.analyses import tuned_lens
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.analyses.tuned_lens import Translators, TunedLensConfig
@@ -27,7 +27,7 @@ def test_zero_translators_equal_the_logit_lens(workbench, tiny_dir):
     ids = prompts.encode(model, "The capital of France is", workbench.settings).ids
     resid = tracing.residual_stream(model, ids).resid
     zero = Translators(model.info.n_layers, model.info.d_model)
-    torch.testing.assert_close(tuned_lens.tuned_logits(model, zero, resid), model.decode(resid), rtol=0, atol=0)
+    torch.testing.assert_close(lenses.lens_logits(model, zero, resid), model.decode(resid), rtol=0, atol=0)
 
 
 def test_translator_is_affine_per_layer():

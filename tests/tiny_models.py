@@ -76,3 +76,18 @@ def build_model_dir(arch: str, directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def logits_with_attention(model, token_ids, implementation: str):
+    """A plain forward pass under another attention implementation (e.g. "sdpa"), then back to
+    eager, which every trace relies on: the baseline that checks eager attention changes nothing."""
+    import torch
+
+    hf_model = model.hf_model
+    with model.lock, torch.no_grad():
+        hf_model.set_attn_implementation(implementation)
+        try:
+            out = hf_model(token_ids.unsqueeze(0).to(model.device))
+        finally:
+            hf_model.set_attn_implementation("eager")
+    return out.logits[0].float().cpu()

@@ -56,7 +56,7 @@ def _list(_args) -> int:
         print(f"{name}: {entry.title}")
         print(f"  figures: {', '.join(entry.figures)}")
         fields = []
-        for f in dataclasses.fields(entry.request_type):
+        for f in dataclasses.fields(entry.Request):
             has_default = f.default is not dataclasses.MISSING
             fields.append(f"{f.name}={f.default!r}" if has_default else f"{f.name} (required)")
         print(f"  request: {', '.join(fields)}")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.models import adapter
+from workbench.lenses import soft_cap
 from workbench.models.loader import LoadedModel
 
 SITES = ("resid", "attn", "mlp")
@@ -290,8 +290,8 @@ def lrp_rules(model: LoadedModel, rules: Rules) -> Iterator[None]:
 
 
 def final_logits(model: LoadedModel, raw: torch.Tensor, rules: Rules) -> torch.Tensor:
-    """The adapter's post-unembedding transform (Gemma's soft-cap), under the identity rule if on."""
-    capped = adapter.final_logits(model.spec, model.hf_model.config, raw)
+    """The final logit soft-cap (Gemma; ``lenses.soft_cap``), under the identity rule if on."""
+    capped = soft_cap(raw, model.info.logit_softcap)
     if not rules.identity or capped is raw:
         return capped
     ratio = torch.where(raw == 0, torch.ones_like(raw), capped / torch.where(raw == 0, torch.ones_like(raw), raw))

@@ -1,6 +1,7 @@
 """Background training of tuned lenses: one job per (model, lens config), stoppable and resumable.
 
-Owns the training loop around ``analyses.tuned_lens.training_step`` and the lens checkpoint
+Owns the training step and loop of the affine lens (``lenses.AffineLens``; Belrose et al. 2023),
+the pool of trainers (one per model and lens config in a process), and the lens checkpoint
 files ``<cache>/tuned_lens/<model digest>-<config digest>.pt``, written atomically every few
 steps, when stopped and when done: translators, Adam state, step count and loss history.
 A stopped (or crashed) job resumes from its last checkpoint with the same numbers as an
@@ -19,9 +20,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.analyses import request_digest, tuned_lens
-from workbench.analyses.tuned_lens import Translators, TunedLensConfig
+from workbench import corpus, tracing
+from workbench.analyses.base import request_digest
+from workbench.analyses.tuned_lens import TunedLensConfig
+from workbench.config import Settings
 from workbench.errors import BadRequest, WorkbenchError
+from workbench.lenses import AffineLens, decode
+
+
+def _slot_groups(n_slots: int, seq: int, vocab: int, budget_bytes: int = 512 << 20) -> list[slice]:
+    per_slot = max(1, seq * vocab * 4 * 4)  # logits, log-probs, and their gradients
+    size = max(1, min(n_slots, budget_bytes // per_slot))
+    return [slice(start, min(start + size, n_slots)) for start in range(0, n_slots, size)]
+
+
+def training_step(model, translators: AffineLens, optimizer: torch.optim.Optimizer,
+                  resid: torch.Tensor, grad_clip: float) -> float:
+    """One optimiser step on one chunk's residuals (slot, seq, d_model); returns the mean KL (nats)
+    summed over translated slots, i.e. the loss. Slots are processed in memory-bounded groups."""
+    n_translated, seq, _ = resid[:-1].shape
+    target = torch.log_softmax(decode(model, resid[-1]), dim=-1)  # (seq, vocab), no grad
+    target_probs = target.exp()
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for group in _slot_groups(n_translated, seq, target.shape[-1]):
+        translated = translators(resid[group], group)
+        logq = torch.log_softmax(decode(model, translated, grad=True), dim=-1)  # (group, seq, vocab)
+        loss = (target_probs * (target - logq)).sum(-1).mean(-1).sum()  # sum over slots of mean KL
+        loss.backward()
+        total += loss.detach().item()
+    torch.nn.utils.clip_grad_norm_(translators.parameters(), grad_clip)
+    optimizer.step()
+    return total
+
+
+def make_optimizer(translators: AffineLens, config: TunedLensConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(translators.parameters(), lr=config.lr)
 
 
 @dataclass(frozen=True)
@@ -64,8 +98,8 @@ class LensTrainer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._state, self._message, self._target = "untrained", "", 0
-        self.translators = Translators(model.info.n_layers, model.info.d_model)
-        self.optimizer = tuned_lens.make_optimizer(self.translators, config)
+        self.translators = AffineLens(model.info.n_layers, model.info.d_model)
+        self.optimizer = make_optimizer(self.translators, config)
         self.step, self.losses = 0, []
         self._load()
 
@@ -76,10 +110,10 @@ class LensTrainer:
             state = self._state if self._state != "untrained" or self.step == 0 else "stopped"
             return TrainingStatus(state, self.step, max(self._target, self.step), tuple(self.losses), self._message)
 
-    def snapshot(self) -> tuple[Translators, int]:
+    def snapshot(self) -> tuple[AffineLens, int]:
         """A copy of the current translators and the step they were trained to."""
         with self._lock:
-            copy = Translators(self.model.info.n_layers, self.model.info.d_model)
+            copy = AffineLens(self.model.info.n_layers, self.model.info.d_model)
             copy.load_state_dict(self.translators.state_dict())
             return copy, self.step
 
@@ -134,7 +168,7 @@ class LensTrainer:
         ids = torch.tensor(self.chunks[self._order[self.step % len(self.chunks)]])
         resid = self.residuals(ids)[:, 1:]  # drop the first position (an attention sink)
         with self.model.lock:
-            loss = tuned_lens.training_step(self.model, self.translators, self.optimizer, resid,
+            loss = training_step(self.model, self.translators, self.optimizer, resid,
                                             self.config.grad_clip)
         with self._lock:
             self.step += 1
@@ -170,3 +204,29 @@ class LensTrainer:
         self.translators.load_state_dict(state["translators"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.losses = int(state["step"]), list(state["losses"])
+
+
+class TrainerPool:
+    """One ``LensTrainer`` per (model, lens config) in this process, resumed from its checkpoint."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._trainers: dict[tuple[str, str], LensTrainer] = {}
+
+    def trainer(self, model, config: TunedLensConfig) -> LensTrainer:
+        key = (model.digest, request_digest(config))
+        with self._lock:
+            if key not in self._trainers:
+                bos = model.tokenizer("").input_ids  # [<bos>] where the tokenizer adds one, else []
+                chunks = [bos + c for c in corpus.chunks(model.tokenizer, config.corpus, "train", config.chunk_tokens)]
+                self._trainers[key] = LensTrainer(
+                    model, config, checkpoint_path(self.settings.cache_dir, model.digest, config), chunks,
+                    residuals=lambda ids: tracing.residual_stream(model, ids).resid,
+                )
+            return self._trainers[key]
+
+    def running(self, model_digest: str, config: TunedLensConfig) -> LensTrainer | None:
+        """The trainer of this model and config if one exists in this process (no model needed)."""
+        with self._lock:
+            return self._trainers.get((model_digest, request_digest(config)))

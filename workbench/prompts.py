@@ -99,3 +99,13 @@ def continuation_token_id(model: LoadedModel, prefix: str, word: str) -> int | N
     if len(ids) != len(base) + 1 or ids[: len(base)] != base:
         return None
     return int(ids[-1])
+
+
+def check_texts(texts, what: str, settings: Settings, model: LoadedModel | None = None) -> None:
+    """``check_text`` (with a model: ``encode``, so the token limit too) on each of a set of texts;
+    the message says which one is bad ("Prompt 2 of 3: ...")."""
+    for index, text in enumerate(texts):
+        try:
+            check_text(text, settings) if model is None else encode(model, text, settings)
+        except BadPrompt as exc:
+            raise BadPrompt(f"{what} {index + 1} of {len(texts)}: {exc}") from exc

@@ -4,9 +4,13 @@ Owns running a model under nnsight and handing back plain tensors. Every trace
 holds the model's lock, so Streamlit sessions sharing one model never run
 traces concurrently (nnsight's greenlet-based tracing breaks under threads).
 
-Axis vocabulary used in shapes: ``layer`` (residual-stream slots: the block-0
-input, then each block's output, so ``n_layers + 1``), ``seq`` (token
-positions), ``d_model``, ``vocab``.
+Generic reads only: residual slots, sublayer outputs, attention probabilities,
+MLP neuron activations, last-token states, skipped blocks and scaled neurons.
+What an analysis computes from them lives in the analysis (or ``workbench.lenses``);
+reductions that must run inside the trace (so only small tensors leave it, here
+or on NDIF) are passed in as functions (``reduce_slots``). Axes as in
+``workbench.axes``: ``slot`` (L + 1), ``block`` (L), ``seq``, ``head``,
+``neuron``, ``d_model``, ``vocab``.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import nnsight
 import torch
 
 from workbench import remote
-from workbench.lens_math import kl_divergence, soft_cap
+from workbench.lenses import Unembed
 from workbench.models import adapter
 from workbench.models.loader import LoadedModel
 
 
 @dataclass(frozen=True)
 class ResidualTrace:
-    resid: torch.Tensor  # (layer = n_layers + 1, seq, d_model): block-0 input, then block outputs
+    resid: torch.Tensor  # (slot, seq, d_model): block-0 input, then block outputs
     logits: torch.Tensor  # (seq, vocab): the model's own output logits
 
 
@@ -55,99 +59,50 @@ def residual_stream(model: LoadedModel, token_ids: torch.Tensor) -> ResidualTrac
             logits = lm.output.logits
             nnsight.save(states)
             logits = nnsight.save(logits)
-    resid = torch.stack([s[0].detach().float().cpu() for s in states])  # (layer, seq, d_model)
+    resid = torch.stack([s[0].detach().float().cpu() for s in states])  # (slot, seq, d_model)
     return ResidualTrace(resid=resid, logits=logits[0].detach().float().cpu())
 
 
-LENS_BUDGET_BYTES = 256 << 20  # decoded logits held at once by the logit lens
+def reduce_slots(model: LoadedModel, token_ids: torch.Tensor, reduce, *args, last_only: bool = False):
+    """One forward pass that hands every residual slot to ``reduce(unembed, states, *args)`` INSIDE
+    the trace and brings back only what it returns (a tensor, or lists / dicts of tensors).
 
-
-@dataclass(frozen=True)
-class LensTrace:
-    """Per residual slot (block-0 input, then every block's output), reduced inside the trace."""
-
-    top_ids: torch.Tensor  # (slot, seq, k) int64
-    top_logprobs: torch.Tensor  # (slot, seq, k) float32
-    kl_to_final: torch.Tensor  # (slot, seq) float32: KL(p_final || p_slot), nats
-    target_logprob: torch.Tensor  # (slot,) at the last position; (0,) without a target
-    target_rank: torch.Tensor  # (slot,) int64, 1 = top; (0,) without a target
-
-
-def lens_statistics(model: LoadedModel, token_ids: torch.Tensor, k: int, target_id: int | None,
-                    budget_bytes: int = LENS_BUDGET_BYTES) -> LensTrace:
-    """The logit lens in one trace: after the forward pass, the residual slots are decoded through
-    the model's own final norm and unembedding in chunks of slots that fit ``budget_bytes``, last
-    chunk first (so the final distribution is that very decode and KL(final || final) is exactly 0),
-    and reduced to their top-k, KL to the final distribution and the target's rank. Only these small
-    tensors leave the trace: memory stays at one chunk's logits, and on NDIF only they travel back."""
+    ``states`` is the list of slot tensors (slot 0 = block-0 input, then every block's output),
+    each (1, seq, d_model), or (1, d_model) with ``last_only``; ``unembed`` is the model's
+    ``lenses.Unembed`` on its envoys. The reductions that decode (the logit lens's top-k and KL,
+    the latent-language probabilities) are written in the lens or analysis module and run here,
+    so a lens over all slots never materialises (slot, seq, vocab) outside the trace, and on NDIF
+    only the reduced tensors travel back."""
     if token_ids.ndim != 1:
         raise ValueError("token_ids must be one sequence, shape (seq,)")
     lm, n_layers, cap = model.lm, model.info.n_layers, model.info.logit_softcap
-    size = lens_chunk_slots(len(token_ids), model.info.vocab_size, budget_bytes)
     with model.lock, torch.no_grad():
         with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
             states = [_first(lm.layers[0].input)]
             for layer in range(n_layers):
                 states.append(_first(lm.layers[layer].output))
-            final = None
-            top_ids, top_logprobs, kls, ranks, targets = [], [], [], [], []
-            for end in range(len(states), 0, -size):  # the last chunk first
-                logits = soft_cap(lm.unembed(lm.final_norm(torch.cat(states[max(0, end - size):end]))).float(), cap)
-                logprobs = torch.log_softmax(logits, dim=-1)  # (slots, seq, vocab)
-                if final is None:
-                    final = logprobs[-1]
-                top = logprobs.topk(k, dim=-1)
-                top_ids.append(top.indices)
-                top_logprobs.append(top.values)
-                kls.append(kl_divergence(final, logprobs))
-                if target_id is not None:
-                    last = logprobs[:, -1]  # (slots, vocab)
-                    target = last[:, target_id]
-                    targets.append(target)
-                    ranks.append((last > target[:, None]).sum(-1) + 1)
-            nnsight.save(top_ids)
-            nnsight.save(top_logprobs)
-            nnsight.save(kls)
-            nnsight.save(targets)
-            nnsight.save(ranks)
-
-    def joined(chunks: list, dtype: torch.dtype) -> torch.Tensor:  # chunks came last-first
-        return torch.cat([c.detach().cpu() for c in reversed(chunks)]).to(dtype) if chunks else \
-            torch.zeros(0, dtype=dtype)
-
-    return LensTrace(joined(top_ids, torch.int64), joined(top_logprobs, torch.float32), joined(kls, torch.float32),
-                     joined(targets, torch.float32), joined(ranks, torch.int64))
+            if last_only:
+                last = []
+                for state in states:
+                    last.append(state[:, -1])
+                states = last
+            reduced = nnsight.save(reduce(Unembed.in_trace(lm, cap), states, *args))
+    return _detached(reduced)
 
 
-def last_position_lens(model: LoadedModel, token_ids: torch.Tensor, wanted: tuple[int, ...]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per residual slot, the logit-lens probabilities of the ``wanted`` token ids at the last
-    position, (slot, wanted) float64, and each slot's top-1 token there, (slot,) int64. Decoded
-    inside the trace (the last position only), so only these leave it, here or on NDIF."""
-    if token_ids.ndim != 1:
-        raise ValueError("token_ids must be one sequence, shape (seq,)")
-    lm, n_layers, cap, wanted = model.lm, model.info.n_layers, model.info.logit_softcap, list(wanted)
-    with model.lock, torch.no_grad():
-        with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
-            states = [_first(lm.layers[0].input)[:, -1]]
-            for layer in range(n_layers):
-                states.append(_first(lm.layers[layer].output)[:, -1])
-            logits = soft_cap(lm.unembed(lm.final_norm(torch.cat(states))).float(), cap)  # (slot, vocab)
-            probs = torch.softmax(logits.double(), dim=-1)
-            chosen = nnsight.save(probs[:, wanted])
-            top1 = nnsight.save(probs.argmax(dim=-1))
-    return chosen.detach().cpu(), top1.detach().cpu()
-
-
-def lens_chunk_slots(seq: int, vocab: int, budget_bytes: int = 0) -> int:
-    """How many residual slots to decode at once so their (slots, seq, vocab) float32 logits and
-    the few arrays derived from them (log-probs, KL's temporaries: about five in all) fit the budget."""
-    per_slot = max(1, seq * vocab * 4 * 5)
-    return max(1, (budget_bytes or LENS_BUDGET_BYTES) // per_slot)
+def _detached(value):
+    """Saved trace values on the CPU, outside autograd, keeping their list / dict structure."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _detached(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(item) for item in value)
+    return value
 
 
 def forward_logits(model: LoadedModel, token_ids: torch.Tensor) -> torch.Tensor:
-    """A plain forward pass (no recording), the baseline that benchmarks compare against."""
+    """A plain forward pass (no recording): the model's own logits (seq, vocab)."""
     with model.lock, torch.no_grad():
         out = model.hf_model(token_ids.unsqueeze(0).to(model.device))
     return out.logits[0].float().cpu()
@@ -155,9 +110,9 @@ def forward_logits(model: LoadedModel, token_ids: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SublayerTrace:
-    resid_in: torch.Tensor  # (layer, seq, d_model): block input
-    resid_mid: torch.Tensor  # (layer, seq, d_model): residual after the attention sublayer
-    resid_out: torch.Tensor  # (layer, seq, d_model): block output
+    resid_in: torch.Tensor  # (block, seq, d_model): block input
+    resid_mid: torch.Tensor  # (block, seq, d_model): residual after the attention sublayer
+    resid_out: torch.Tensor  # (block, seq, d_model): block output
     logits: torch.Tensor  # (seq, vocab)
 
 
@@ -191,7 +146,7 @@ def skip_layers(
     """One batched run where row ``i`` skips block ``skipped[i]`` (None: skips nothing).
 
     Skipping a block replaces its output with its input. Returns ``(resid, logits)``:
-    resid (row, layer = n_layers + 1, seq, d_model), the block-0 input then every block
+    resid (row, slot, seq, d_model), the block-0 input then every block
     output of each row, and logits (row, seq, vocab).
     """
     lm, n_layers = model.lm, model.info.n_layers
@@ -221,7 +176,7 @@ def skip_layers(
 
 
 def mlp_activations(model: LoadedModel, token_ids: torch.Tensor) -> torch.Tensor:
-    """(layer, batch, seq, neurons) MLP neuron activations for a (batch, seq) block of equal-length rows.
+    """(block, batch, seq, neuron) MLP neuron activations for a (batch, seq) block of equal-length rows.
 
     Logits are computed for the last position only (``logits_to_keep=1``): the vocabulary
     projection of every position would cost more than the whole rest of the pass.
@@ -265,7 +220,7 @@ def scale_neuron(
 @dataclass(frozen=True)
 class AttentionTrace:
     attn: torch.Tensor  # (n_layers, heads, query, key): attention probabilities of every head
-    resid: torch.Tensor  # (layer = n_layers + 1, seq, d_model): block-0 input, then block outputs
+    resid: torch.Tensor  # (slot, seq, d_model): block-0 input, then block outputs
     mlp_write: torch.Tensor  # (n_layers, seq, d_model): what each block's MLP adds to the residual
     logits: torch.Tensor  # (seq, vocab)
 
@@ -300,19 +255,6 @@ def attention_and_states(model: LoadedModel, token_ids: torch.Tensor) -> Attenti
     return AttentionTrace(attn=attn, resid=resid, mlp_write=resid[1:] - mid, logits=logits[0].detach().float().cpu())
 
 
-def logits_with_attention(model: LoadedModel, token_ids: torch.Tensor, implementation: str) -> torch.Tensor:
-    """A plain forward pass under another attention implementation (e.g. "sdpa"), then back to
-    eager, which every trace relies on. Used to check that eager attention changes nothing."""
-    hf_model = model.hf_model
-    with model.lock, torch.no_grad():
-        hf_model.set_attn_implementation(implementation)
-        try:
-            out = hf_model(token_ids.unsqueeze(0).to(model.device))
-        finally:
-            hf_model.set_attn_implementation("eager")
-    return out.logits[0].float().cpu()
-
-
 # ---------------------------------------------------------------------- concept-depth probes
 # Representation sites of one text's last token, per block: "mlp_input" is the output of the
 # block's pre-MLP norm (adapter ``pre_mlp_norm``: the post-attention norm in Llama, Jin et al.'s
@@ -336,17 +278,8 @@ def _right_padded(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tenso
     return ids, mask, lengths
 
 
-def forward_batch(model: LoadedModel, sequences: list[list[int]]) -> torch.Tensor:
-    """A plain padded batch forward pass (no nnsight), last-position logits only: the baseline
-    that the concept-depth extraction benchmark compares against."""
-    ids, mask, _ = _right_padded(sequences)
-    with model.lock, torch.no_grad():
-        out = model.hf_model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=1)
-    return out.logits[:, -1].float().cpu()
-
-
 def last_token_states(model: LoadedModel, sequences: list[list[int]], site: str = "mlp_input") -> torch.Tensor:
-    """(layer = n_layers, example, d_model) states at the last token of each sequence, one batched pass.
+    """(block, example, d_model) states at the last token of each sequence, one batched pass.
 
     Rows are right-padded with an attention mask and the state is gathered at each row's last real
     token: with causal attention, pads after it cannot reach it and positions stay 0..len-1, so every

@@ -1,23 +1,51 @@
-"""Analyses: pure functions (model, request, recorded activations) -> frozen result dataclasses.
+"""Analyses: one module per analysis, each naming itself in one ``Analysis`` (see ``base``).
 
-Each module cites its paper, defines ``NAME`` and ``VERSION`` (bumped whenever
-its numbers could change, so cached results are keyed to the code), a frozen
-request (JSON-able fields; ``request_digest`` keys it) and a frozen result of
-numpy arrays and scalars whose ``__post_init__`` checks shapes.
+``ANALYSES`` is the one explicit list: the registry (CLI names, export bundles), the per-layer
+summaries, the compare page and the test matrices iterate it. An analysis module's file name is
+its ``name``, its cache key and its CLI name.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict
+from workbench.analyses import (  # noqa: E402, I001 (after base: each module builds an Analysis)
+    activation_patching,
+    attention_sinks,
+    concept_depth,
+    depth_use,
+    latent_language,
+    logit_lens,
+    neuron_classes,
+    neuron_contexts,
+    neuron_effect,
+    neuron_vocab,
+    patching,
+    patching_faithfulness,
+    sink_levels,
+    tuned_lens,
+)
+from workbench.analyses.base import (  # noqa: F401 (the analysis shape, re-exported)
+    Analysis,
+    CompareInputs,
+    Progress,
+    request_digest,
+    request_from_json,
+    request_json,
+    silent,
+)
 
-
-def request_json(request) -> str:
-    """Canonical JSON of a request dataclass (sorted keys), stored next to its result."""
-    return json.dumps(asdict(request), sort_keys=True)
-
-
-def request_digest(request) -> str:
-    """Content digest of a request: equal requests, equal digests, in every process."""
-    return hashlib.sha256(f"{type(request).__name__}:{request_json(request)}".encode()).hexdigest()
+ANALYSES: tuple[Analysis, ...] = (
+    logit_lens.ANALYSIS,
+    tuned_lens.ANALYSIS,
+    latent_language.ANALYSIS,
+    depth_use.ANALYSIS,
+    attention_sinks.ANALYSIS,
+    sink_levels.ANALYSIS,
+    neuron_classes.ANALYSIS,
+    neuron_vocab.ANALYSIS,
+    neuron_effect.ANALYSIS,
+    neuron_contexts.ANALYSIS,
+    activation_patching.ANALYSIS,
+    patching.ANALYSIS,
+    patching_faithfulness.ANALYSIS,
+    concept_depth.ANALYSIS,
+)

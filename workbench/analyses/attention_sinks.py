@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from workbench import prompts, tracing
+from workbench.analyses.base import Analysis
+from workbench.axes import LayerSummary
 from workbench.errors import BadRequest
 
 NAME = "attention_sinks"
@@ -127,8 +130,6 @@ class SinkProbeResult:
     def secondary_positions(self) -> np.ndarray:
         return np.flatnonzero(self.kinds == KIND_SECONDARY)
 
-
-RESULT_TYPE = SinkProbeResult
 
 
 # ---------------------------------------------------------------------- attention view
@@ -281,3 +282,34 @@ def first_is_bos(ids: torch.Tensor, bos_token_id: int | None) -> bool:
     """True when position 0 is the tokenizer's BOS (Gemma adds one; SmolLM2's tokenizer adds none,
     so its first real token plays the BOS role)."""
     return bos_token_id is not None and len(ids) > 0 and int(ids[0]) == int(bos_token_id)
+
+
+def check(request: SinkProbeRequest, settings) -> None:
+    prompts.check_text(request.prompt, settings)
+
+
+def run(ctx, request: SinkProbeRequest, progress) -> SinkProbeResult:
+    """Attention-sink probe of one prompt: sink scores per head, hidden-state sinks, creating MLPs."""
+    model = ctx.model
+    encoded = ctx.encode(request.prompt)
+    progress(None, "Recording attention, residual stream and MLP writes")
+    trace = tracing.attention_and_states(model, encoded.ids)
+    bos = first_is_bos(encoded.ids, model.tokenizer.bos_token_id)
+    return compute(ctx.name, encoded.tokens, bos, trace.attn, trace.resid, trace.mlp_write, request)
+
+
+def summary(result: SinkProbeResult) -> list[LayerSummary]:
+    """Mean sink score on position 0 over each block's heads, and the share of heads above eps."""
+    first = result.sink_scores[:, :, 0]
+    return [
+        LayerSummary.per_block(result.model_name, NAME, "sinks: mean attention to position 0", first.mean(axis=1)),
+        LayerSummary.per_block(result.model_name, NAME, f"sinks: share of heads with score > {result.eps:g}",
+                               result.layer_sink_fraction[:, 0]),
+    ]
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="Attention sinks", Request=SinkProbeRequest, Result=SinkProbeResult,
+    run=run, check=check, summary=summary,
+    compare_request=lambda inputs: SinkProbeRequest(prompt=inputs.prompt), compare_figure="layer_token_heatmap",
+)

@@ -16,13 +16,20 @@ tokenizer adds one); comparing the depth with and without them gives the shift.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import random
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from workbench.errors import BadRequest
+from workbench import concept_datasets, prompts, tracing
+from workbench.analyses.base import Analysis
+from workbench.axes import LayerSummary
+from workbench.errors import BadPrompt, BadRequest
 
 NAME = "concept_depth"
 VERSION = 1
@@ -104,8 +111,6 @@ class ConceptDepthResult:
         return int(np.argmax(self.accuracy))
 
 
-RESULT_TYPE = ConceptDepthResult
-
 
 def normalised_depth(n_layers: int) -> np.ndarray:
     return (np.arange(n_layers) + 1) / n_layers
@@ -184,3 +189,88 @@ def add_noise(sequences: list[list[int]], n_tokens: int, vocab: list[int], keep_
 def depth_shift(clean: ConceptDepthResult, perturbed: ConceptDepthResult) -> tuple[int, float]:
     """How much deeper (in blocks and in normalised depth) the perturbed run reaches its depth."""
     return perturbed.depth_layer - clean.depth_layer, perturbed.depth - clean.depth
+
+
+BATCH_SIZE = 16  # texts per extraction batch (length-sorted, right-padded; equal to unbatched runs)
+
+
+def features(model, request: ConceptDepthRequest, settings, activations, progress=lambda f, m: None,
+             batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """(block, example, d_model) last-token states of the request's texts (with its noise tokens),
+    extracted in length-sorted batches; ``activations(site, digest, compute)`` is the store's
+    activation-set cache, so a new probe option on the same texts needs no model run."""
+    sequences = add_noise(
+        _sequences(model, request.texts, settings), request.noise_tokens, _noise_vocabulary(model),
+        keep_prefix=len(model.tokenizer("").input_ids), seed=request.seed,
+    )
+
+    def extract() -> np.ndarray:
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # little padding per batch
+        values = np.zeros((model.info.n_layers, len(sequences), model.info.d_model), np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            progress(start / len(order), f"{request.task}: extracting representations, {start} of {len(order)} texts")
+            values[:, rows] = tracing.last_token_states(model, [sequences[i] for i in rows], request.site).numpy()
+        return values
+
+    digest = hashlib.sha256(json.dumps(sequences).encode()).hexdigest()
+    values = activations(f"concept_{request.site}", digest, extract)
+    progress(None, f"{request.task}: training the probes")
+    return values
+
+
+def _sequences(model, texts: tuple[str, ...], settings) -> list[list[int]]:
+    limit = min(settings.max_prompt_tokens, model.info.max_positions or settings.max_prompt_tokens)
+    sequences = [list(model.tokenizer(text).input_ids) for text in texts]
+    for index, seq in enumerate(sequences):
+        if len(seq) + MAX_NOISE_TOKENS > limit:
+            raise BadPrompt(f"Text {index + 1} is {len(seq)} tokens long; with room for noise tokens the "
+                            f"limit is {limit - MAX_NOISE_TOKENS} tokens. Shorten it.")
+    return sequences
+
+
+def _noise_vocabulary(model) -> list[int]:
+    """Token ids that noise may use: the model's vocabulary without the tokenizer's special tokens."""
+    special = set(model.tokenizer.all_special_ids)
+    size = min(model.info.vocab_size, len(model.tokenizer))
+    return [i for i in range(size) if i not in special]
+
+
+def check(request: ConceptDepthRequest, settings) -> None:
+    prompts.check_texts(request.texts, "Text", settings)
+
+
+def run(ctx, request: ConceptDepthRequest, progress, batch_size: int = BATCH_SIZE) -> ConceptDepthResult:
+    """Block-wise linear probes of one labelled dataset (Jin et al.); representations are cached."""
+    values = features(ctx.model, request, ctx.settings, ctx.activations, progress, batch_size)
+    return compute(ctx.name, values, request, progress)
+
+
+def with_batch_size(batch_size: int) -> Analysis:
+    """The analysis extracting ``batch_size`` texts per batch (same results, same cache key)."""
+    return dataclasses.replace(ANALYSIS, run=partial(run, batch_size=batch_size))
+
+
+def summary(result: ConceptDepthResult) -> list[LayerSummary]:
+    """Probe test accuracy per block."""
+    return [LayerSummary.per_block(result.model_name, NAME, f"probe accuracy: {result.task}", result.accuracy)]
+
+
+def bundled_task_fields(data: dict) -> dict:
+    """{"task": "factual", "limit": 200, ...} -> the request fields with the bundled texts."""
+    if "texts" in data:
+        return data
+    data = dict(data)
+    task = data.get("task")
+    if task not in concept_datasets.TASKS:
+        raise BadRequest(f"Name a bundled concept task ({', '.join(concept_datasets.TASKS)}) or give texts and labels.")
+    dataset = concept_datasets.builtin(task).subset(data.pop("limit", None))
+    return {**data, "texts": list(dataset.texts), "labels": list(dataset.labels)}
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="Concept depth", Request=ConceptDepthRequest, Result=ConceptDepthResult,
+    run=run, check=check, summary=summary, expand_fields=bundled_task_fields,
+    compare_request=lambda inputs: ANALYSIS.request({"task": inputs.task, "limit": inputs.limit}),
+    compare_figure="curves", compare_note="probes: slow on CPU",
+)

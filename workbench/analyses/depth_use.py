@@ -21,7 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workbench.lens_math import kl_divergence
+from workbench import prompts, tracing
+from workbench.analyses.base import Analysis
+from workbench.axes import LayerSummary
+from workbench.lenses import kl_divergence
 from workbench.tracing import SublayerTrace
 
 NAME = "depth_use"
@@ -59,8 +62,6 @@ class DepthUseResult:
     def n_layers(self) -> int:
         return len(self.attn_rel_norm)
 
-
-RESULT_TYPE = DepthUseResult
 
 
 def _positions(seq: int, include_first_token: bool) -> slice:
@@ -116,3 +117,31 @@ def compute(
         skip_resid_change=change,
         include_first_token=request.include_first_token,
     )
+
+
+def check(request: DepthUseRequest, settings) -> None:
+    prompts.check_text(request.prompt, settings)
+
+
+def run(ctx, request: DepthUseRequest, progress) -> DepthUseResult:
+    model = ctx.model
+    encoded = ctx.encode(request.prompt)
+    progress(0.2, "Recording attention and MLP contributions")
+    clean = tracing.sublayer_stream(model, encoded.ids)
+    progress(0.5, f"Skipping each of the {model.info.n_layers} blocks (one batched run)")
+    resid, logits = tracing.skip_layers(model, encoded.ids, list(range(model.info.n_layers)))
+    return compute(ctx.name, encoded.tokens, clean, resid, logits, request)
+
+
+def summary(result: DepthUseResult) -> list[LayerSummary]:
+    """Output change (KL at the last position) when each block is skipped."""
+    return [LayerSummary.per_block(result.model_name, NAME, "depth use: KL when the block is skipped (nats)",
+                                   result.skip_kl_last)]
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="Depth use", Request=DepthUseRequest, Result=DepthUseResult,
+    run=run, check=check, summary=summary,
+    compare_request=lambda inputs: DepthUseRequest(inputs.prompt), compare_figure="skip_effects",
+    compare_note="skips every block: slower",
+)

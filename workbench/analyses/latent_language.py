@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workbench import lenses, prompts, tracing
+from workbench.analyses.base import Analysis
+from workbench.axes import check_shapes, slot_labels
 from workbench.errors import BadRequest
 
 NAME = "latent_language"
@@ -97,24 +100,20 @@ class LatentLanguageResult:
     target_lang: str
     source_lang: str
     pivot_lang: str
-    layer_labels: np.ndarray  # (layer,) str
+    layer_labels: np.ndarray  # (slot,) str
     prompts: np.ndarray  # (prompt,) str
     answers: np.ndarray  # (prompt,) str: target-language words
     pivots: np.ndarray  # (prompt,) str: pivot-language words
-    p_answer: np.ndarray  # (prompt, layer) float32: lens probability of the answer token
-    p_pivot: np.ndarray  # (prompt, layer) float32: lens probability of the pivot token
+    p_answer: np.ndarray  # (prompt, slot) float32: lens probability of the answer token
+    p_pivot: np.ndarray  # (prompt, slot) float32: lens probability of the pivot token
     final_correct: np.ndarray  # (prompt,) bool: the model's own top-1 is the answer
     skipped: np.ndarray  # (skipped,) str: words dropped by the single-token filter
 
     def __post_init__(self):
-        n, n_layers = len(self.prompts), len(self.layer_labels)
-        for name, shape in {"answers": (n,), "pivots": (n,), "p_answer": (n, n_layers),
-                            "p_pivot": (n, n_layers), "final_correct": (n,)}.items():
-            if getattr(self, name).shape != shape:
-                raise ValueError(f"LatentLanguageResult.{name} has shape {getattr(self, name).shape}, expected {shape}")
+        n, n_slots = len(self.prompts), len(self.layer_labels)
+        check_shapes(self, {"answers": (n,), "pivots": (n,), "p_answer": (n, n_slots), "p_pivot": (n, n_slots),
+                            "final_correct": (n,)})
 
-
-RESULT_TYPE = LatentLanguageResult
 
 
 @dataclass(frozen=True)
@@ -138,6 +137,20 @@ def usable_prompts(
     return usable, skipped
 
 
+def last_position_lens(model, token_ids: torch.Tensor, wanted: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per residual slot, the logit-lens probabilities of the ``wanted`` ids at the last position,
+    (slot, wanted) float64, and each slot's top-1 id there, (slot,) int64. Decoded inside the trace
+    (the last position only, ``lenses.last_position_probs``), so only these leave it, here or on NDIF."""
+    probs, top1 = tracing.reduce_slots(model, token_ids, lenses.last_position_probs, list(wanted), last_only=True)
+    return probs, top1
+
+
+def run(ctx, request: LatentLanguageRequest, progress) -> LatentLanguageResult:
+    model = ctx.model
+    return compute(model, request, encode=lambda text: ctx.encode(text).ids,
+                   last_lens=lambda ids, wanted: last_position_lens(model, ids, wanted), progress=progress)
+
+
 def compute(
     model,
     request: LatentLanguageRequest,
@@ -147,12 +160,8 @@ def compute(
 ) -> LatentLanguageResult:
     """``encode(text) -> ids``; ``last_lens(ids, (answer, pivot)) -> (probs (layer, 2), top1 (layer,))``:
     the logit-lens probabilities of the two tokens at the last position of every residual slot
-    (block-0 input, then every block output) and each slot's top-1 token (``tracing.last_position_lens``)."""
-    from workbench import prompts as prompt_tools
-
-    usable, skipped = usable_prompts(
-        request, lambda prefix, word: prompt_tools.continuation_token_id(model, prefix, word)
-    )
+    (block-0 input, then every block output) and each slot's top-1 token (``last_position_lens``)."""
+    usable, skipped = usable_prompts(request, lambda prefix, word: prompts.continuation_token_id(model, prefix, word))
     if not usable:
         raise BadRequest(
             f"No word of this task is a single token in both {request.target_lang} and "
@@ -172,7 +181,7 @@ def compute(
         target_lang=request.target_lang,
         source_lang=request.source_lang if request.task == "translation" else request.target_lang,
         pivot_lang=request.pivot_lang,
-        layer_labels=np.array(["embed"] + [str(i) for i in range(n_layers - 1)]),
+        layer_labels=slot_labels(n_layers - 1),
         prompts=np.array([u.spec.text for u in usable]),
         answers=np.array([u.spec.answer for u in usable]),
         pivots=np.array([u.spec.pivot for u in usable]),
@@ -181,3 +190,9 @@ def compute(
         final_correct=np.array(correct, dtype=bool),
         skipped=np.array(skipped, dtype=str),
     )
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="Latent language", Request=LatentLanguageRequest, Result=LatentLanguageResult,
+    run=run,
+)

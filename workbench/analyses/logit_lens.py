@@ -10,8 +10,9 @@ model's output distribution. Reported per (layer, position): the top-k tokens
 and probabilities, and ``KL(p_final || p_l)`` in nats; per layer, the rank
 (1 = top) and probability of an optional target token at the last position.
 
-The decoding and these reductions run inside the model's trace (``tracing.lens_statistics``), so
-only the small statistics leave it: the same code runs locally and on NDIF.
+The decoding and these reductions run inside the model's trace (``tracing.reduce_slots`` with
+``lenses.logit_lens_statistics``), so only the small statistics leave it: the same code runs
+locally and on NDIF.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from workbench import lenses, prompts, tracing
+from workbench.analyses.base import Analysis
+from workbench.axes import LayerSummary, check_shapes, slot_labels
 from workbench.errors import BadRequest
-from workbench.models.loader import LoadedModel
-from workbench.tracing import LensTrace
 
 NAME = "logit_lens"
 VERSION = 2  # 2: decoded inside the trace (one slot at a time), so it also runs remotely
@@ -43,32 +46,23 @@ class LogitLensRequest:
 @dataclass(frozen=True, eq=False)
 class LogitLensResult:
     model_name: str
-    layer_labels: np.ndarray  # (layer,) str: "embed", "0", ..., str(n_layers - 1)
+    layer_labels: np.ndarray  # (slot,) str: "embed", "0", ..., str(n_layers - 1)
     tokens: np.ndarray  # (seq,) str: the input tokens
-    top_ids: np.ndarray  # (layer, seq, k) int64
-    top_tokens: np.ndarray  # (layer, seq, k) str
-    top_probs: np.ndarray  # (layer, seq, k) float32
-    kl_to_final: np.ndarray  # (layer, seq) float32, nats
+    top_ids: np.ndarray  # (slot, seq, k) int64
+    top_tokens: np.ndarray  # (slot, seq, k) str
+    top_probs: np.ndarray  # (slot, seq, k) float32
+    kl_to_final: np.ndarray  # (slot, seq) float32, nats
     target_token: str  # "" when no target was asked for
     target_id: int  # -1 when no target
-    target_rank: np.ndarray  # (layer,) int64 at the last position, 1 = top; (0,) without target
-    target_prob: np.ndarray  # (layer,) float32 at the last position; (0,) without target
+    target_rank: np.ndarray  # (slot,) int64 at the last position, 1 = top; (0,) without target
+    target_prob: np.ndarray  # (slot,) float32 at the last position; (0,) without target
 
     def __post_init__(self):
-        n_layer, seq, k = self.top_ids.shape
-        expected = {
-            "layer_labels": (n_layer,),
-            "tokens": (seq,),
-            "top_tokens": (n_layer, seq, k),
-            "top_probs": (n_layer, seq, k),
-            "kl_to_final": (n_layer, seq),
-            "target_rank": (n_layer,) if self.target_token else (0,),
-            "target_prob": (n_layer,) if self.target_token else (0,),
-        }
-        for field_name, shape in expected.items():
-            actual = getattr(self, field_name).shape
-            if actual != shape:
-                raise ValueError(f"LogitLensResult.{field_name} has shape {actual}, expected {shape}")
+        n_slot, seq, k = self.top_ids.shape
+        target = (n_slot,) if self.target_token else (0,)
+        check_shapes(self, {"layer_labels": (n_slot,), "tokens": (seq,), "top_tokens": (n_slot, seq, k),
+                            "top_probs": (n_slot, seq, k), "kl_to_final": (n_slot, seq), "target_rank": target,
+                            "target_prob": target})
 
     @property
     def n_layers(self) -> int:
@@ -76,15 +70,48 @@ class LogitLensResult:
         return len(self.layer_labels) - 1
 
 
-RESULT_TYPE = LogitLensResult
+@dataclass(frozen=True)
+class LensTrace:
+    """Per residual slot, reduced inside the trace."""
+
+    top_ids: torch.Tensor  # (slot, seq, k) int64
+    top_logprobs: torch.Tensor  # (slot, seq, k) float32
+    kl_to_final: torch.Tensor  # (slot, seq) float32: KL(p_final || p_slot), nats
+    target_logprob: torch.Tensor  # (slot,) at the last position; (0,) without a target
+    target_rank: torch.Tensor  # (slot,) int64, 1 = top; (0,) without a target
 
 
-def layer_labels(n_layers: int) -> np.ndarray:
-    return np.array(["embed"] + [str(i) for i in range(n_layers)])
+def lens_statistics(model, token_ids: torch.Tensor, k: int, target_id: int | None,
+                    budget_bytes: int = lenses.LENS_BUDGET_BYTES) -> LensTrace:
+    """The logit lens in one trace: every slot decoded through the model's ``Unembed`` in chunks
+    of slots that fit ``budget_bytes`` and reduced there (``lenses.logit_lens_statistics``), so
+    memory stays at one chunk's logits and, on NDIF, only the statistics travel back."""
+    chunk = lenses.lens_chunk_slots(len(token_ids), model.info.vocab_size, budget_bytes)
+    stats = tracing.reduce_slots(model, token_ids, lenses.logit_lens_statistics, k, target_id, chunk)
+
+    def joined(chunks: list, dtype: torch.dtype) -> torch.Tensor:  # chunks came last-first
+        return torch.cat(list(reversed(chunks))).to(dtype) if chunks else torch.zeros(0, dtype=dtype)
+
+    return LensTrace(joined(stats["top_ids"], torch.int64), joined(stats["top_logprobs"], torch.float32),
+                     joined(stats["kl"], torch.float32), joined(stats["target_logprob"], torch.float32),
+                     joined(stats["target_rank"], torch.int64))
+
+
+def check(request: LogitLensRequest, settings) -> None:
+    prompts.check_text(request.prompt, settings)
+
+
+def run(ctx, request: LogitLensRequest, progress) -> LogitLensResult:
+    model = ctx.model
+    encoded = ctx.encode(request.prompt)
+    target_id = prompts.single_token_id(model, request.target) if request.target else None
+    progress(None, f"Running the model and decoding its {model.info.n_layers + 1} residual states")
+    lens = lens_statistics(model, encoded.ids, request.top_k, target_id)
+    return compute(model, encoded.tokens, lens, request, target_id)
 
 
 def compute(
-    model: LoadedModel,
+    model,
     tokens: tuple[str, ...],
     lens: LensTrace,
     request: LogitLensRequest,
@@ -95,7 +122,7 @@ def compute(
     top_ids = lens.top_ids.numpy()
     return LogitLensResult(
         model_name=model.name,
-        layer_labels=layer_labels(n_slots - 1),
+        layer_labels=slot_labels(n_slots - 1),
         tokens=np.array(tokens),
         top_ids=top_ids,
         top_tokens=_decode_ids(model, top_ids),
@@ -108,7 +135,25 @@ def compute(
     )
 
 
-def _decode_ids(model: LoadedModel, ids: np.ndarray) -> np.ndarray:
+def _decode_ids(model, ids: np.ndarray) -> np.ndarray:
     unique = np.unique(ids)
     text = {int(i): model.tokenizer.decode([int(i)]) for i in unique}
     return np.vectorize(text.__getitem__, otypes=[object])(ids).astype(str)
+
+
+def summary(result: LogitLensResult) -> list[LayerSummary]:
+    """KL to the final distribution and, with a target, its rank, both at the last position."""
+    labels = [str(x) for x in result.layer_labels]
+    out = [LayerSummary.per_slot(result.model_name, NAME, "lens KL(final ‖ layer), last position (nats)",
+                                 result.kl_to_final[:, -1], labels)]
+    if result.target_token:
+        out.append(LayerSummary.per_slot(result.model_name, NAME, f"lens rank of {result.target_token!r} (1 = top)",
+                                         result.target_rank, labels))
+    return out
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="Logit lens", Request=LogitLensRequest, Result=LogitLensResult,
+    run=run, check=check, summary=summary,
+    compare_request=lambda inputs: LogitLensRequest(inputs.prompt, inputs.target), compare_figure="heatmap",
+)

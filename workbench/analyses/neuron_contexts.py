@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench import tracing
+from workbench import prompts, tracing
+from workbench.analyses.base import Analysis
 from workbench.errors import BadRequest
 from workbench.models.loader import LoadedModel
 
@@ -74,8 +75,6 @@ class NeuronContextsResult:
         if self.chunk_tokens.ndim != 2:
             raise ValueError("NeuronContextsResult.chunk_tokens must be (chunks, chunk_len)")
 
-
-RESULT_TYPE = NeuronContextsResult
 
 
 def corpus_text(path: Path = CORPUS_PATH) -> str:
@@ -135,7 +134,7 @@ def compute(
         done = min(start + request.batch_size, n_chunks)
         progress(done / n_chunks, f"Ran {done} of {n_chunks} corpus chunks")
     where = where.transpose(1, 2).numpy()  # (layer, neurons, k)
-    tokens = np.array([[model.tokenizer.decode([int(i)]) for i in row] for row in chunks])
+    tokens = np.array([prompts.token_strings(model, row) for row in chunks])
     return NeuronContextsResult(
         model_name=model.name,
         chunk_tokens=tokens,
@@ -154,3 +153,19 @@ def contexts_of(result: NeuronContextsResult, layer: int, neuron: int, before: i
         rows.append((float(value), "".join(tokens[max(0, pos - before) : pos]), str(tokens[pos]),
                      "".join(tokens[pos + 1 : pos + 1 + after])))
     return rows
+
+
+def default_request() -> NeuronContextsRequest:
+    """The request over the bundled corpus."""
+    return NeuronContextsRequest(corpus_digest(corpus_text()))
+
+
+def run(ctx, request: NeuronContextsRequest, progress) -> NeuronContextsResult:
+    """Top-activating contexts of every neuron over the bundled corpus (the one whose digest it names)."""
+    return compute(ctx.model, request, corpus_text(), progress)
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="Top-activating contexts of every neuron", Request=NeuronContextsRequest,
+    Result=NeuronContextsResult, run=run,
+)

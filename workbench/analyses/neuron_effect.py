@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workbench import tracing
+from workbench import prompts, tracing
+from workbench.analyses.base import Analysis
+from workbench.analyses.neuron_vocab import check_neuron
 from workbench.errors import BadRequest
-from workbench.lens_math import kl_divergence
+from workbench.lenses import kl_divergence
 from workbench.models.loader import LoadedModel
 
 NAME = "neuron_effect"
@@ -67,8 +69,6 @@ class NeuronEffectResult:
                 raise ValueError(f"NeuronEffectResult.{name} has shape {getattr(self, name).shape}, expected {k}")
 
 
-RESULT_TYPE = NeuronEffectResult
-
 
 def compute(
     model: LoadedModel, tokens: tuple[str, ...], ids: torch.Tensor, request: NeuronEffectRequest
@@ -79,7 +79,9 @@ def compute(
     log_scaled = torch.log_softmax(scaled.logits.double(), -1)
     k = request.top_k
     clean_top, scaled_top = log_clean.topk(k), log_scaled.topk(k)
-    decode = lambda ids_: np.array([model.tokenizer.decode([int(i)]) for i in ids_])  # noqa: E731
+    def decode(ids_):
+        return np.array(prompts.token_strings(model, ids_))
+
     return NeuronEffectResult(
         model_name=model.name,
         layer=request.layer,
@@ -94,3 +96,22 @@ def compute(
         scaled_top_probs=scaled_top.values.exp().numpy(),
         kl=float(kl_divergence(log_clean, log_scaled)),
     )
+
+
+def check(request: NeuronEffectRequest, settings) -> None:
+    prompts.check_text(request.prompt, settings)
+
+
+def run(ctx, request: NeuronEffectRequest, progress) -> NeuronEffectResult:
+    """Next-token change when one neuron's activation is scaled (0 = ablation)."""
+    model = ctx.model
+    check_neuron(model, request.layer, request.neuron)
+    encoded = ctx.encode(request.prompt)
+    progress(None, "Running the model with the neuron scaled")
+    return compute(model, encoded.tokens, encoded.ids, request)
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="One neuron scaled", Request=NeuronEffectRequest, Result=NeuronEffectResult,
+    run=run, check=check,
+)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from workbench.analyses import neurons
+from workbench import prompts
+from workbench.analyses import neuron_classes as neurons
+from workbench.analyses.base import Analysis
 from workbench.errors import BadRequest
 from workbench.models import adapter
 from workbench.models.loader import LoadedModel
@@ -69,8 +71,6 @@ class NeuronVocabResult:
                 raise ValueError(f"NeuronVocabResult.{name} has shape {getattr(self, name).shape}, expected {k}")
 
 
-RESULT_TYPE = NeuronVocabResult
-
 
 def check_neuron(model: LoadedModel, layer: int, neuron: int) -> None:
     """BadRequest naming the valid ranges when (layer, neuron) does not exist in ``model``."""
@@ -84,7 +84,9 @@ def check_neuron(model: LoadedModel, layer: int, neuron: int) -> None:
 
 def _top_bottom(model: LoadedModel, scores: torch.Tensor, k: int):
     top, bottom = scores.topk(k), (-scores).topk(k)
-    decode = lambda ids: np.array([model.tokenizer.decode([int(i)]) for i in ids])  # noqa: E731
+    def decode(ids):
+        return np.array(prompts.token_strings(model, ids))
+
     return (decode(top.indices), top.values.numpy().astype(np.float32),
             decode(bottom.indices), (-bottom.values).numpy().astype(np.float32))
 
@@ -138,3 +140,14 @@ def search_by_token(model: LoadedModel, token_id: int, fold_norm: bool = False, 
         best = scores.flatten().topk(min(limit, scores.numel()))
     n_neurons = scores.shape[1]
     return [(int(i) // n_neurons, int(i) % n_neurons, float(v)) for v, i in zip(best.values, best.indices, strict=True)]
+
+
+def run(ctx, request: NeuronVocabRequest, progress) -> NeuronVocabResult:
+    """One neuron's cosines, class and the top tokens of W_U . w_out and W_U . w_in."""
+    return compute(ctx.model, request)
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="One neuron's vocabulary projection", Request=NeuronVocabRequest,
+    Result=NeuronVocabResult, run=run,
+)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench import prompts
+from workbench.analyses import attention_sinks
 from workbench.analyses.attention_sinks import (
     KIND_FIRST,
     KIND_NONE,
@@ -25,9 +27,10 @@ from workbench.analyses.attention_sinks import (
     SinkProbeResult,
     SinkThresholds,
 )
+from workbench.analyses.base import Analysis
 from workbench.errors import BadRequest
 
-NAME = "attention_sink_levels"
+NAME = "sink_levels"  # until 2026-12: "attention_sink_levels" (read from old bundles)
 VERSION = 2
 MAX_PROMPTS = 200
 PROMPT_SET = Path(__file__).resolve().parent.parent / "data" / "sink_prompts.txt"
@@ -110,8 +113,6 @@ class SinkLevelsResult:
         return float((self.prompt_secondary_count > 0).mean())
 
 
-RESULT_TYPE = SinkLevelsResult
-
 
 def aggregate(model_name: str, probes: list[SinkProbeResult]) -> SinkLevelsResult:
     """Collect the sink tokens of every probe (one probe per prompt, in prompt order)."""
@@ -150,3 +151,23 @@ def aggregate(model_name: str, probes: list[SinkProbeResult]) -> SinkLevelsResul
         sink_mlp_norm=np.array(columns[7], dtype=np.float32),
         onset_counts=np.bincount(onset[kinds == KIND_SECONDARY], minlength=n_layers + 1).astype(np.int64),
     )
+
+
+def check(request: SinkLevelsRequest, settings) -> None:
+    prompts.check_texts(request.prompts, "Prompt", settings)
+
+
+def run(ctx, request: SinkLevelsRequest, progress) -> SinkLevelsResult:
+    """The sink probe over a prompt set (each probe cached on its own), secondary sinks collected."""
+    prompts.check_texts(request.prompts, "Prompt", ctx.settings, ctx.model)  # all of them, before the first
+    probes = []
+    for index, text in enumerate(request.prompts):
+        progress(index / len(request.prompts), f"Probing prompt {index + 1} of {len(request.prompts)}")
+        probes.append(ctx.run(attention_sinks.ANALYSIS, request.probe_request(text)))
+    return aggregate(ctx.name, probes)
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="Attention sinks over a prompt set", Request=SinkLevelsRequest,
+    Result=SinkLevelsResult, run=run, check=check,
+)

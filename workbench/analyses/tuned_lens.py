@@ -16,16 +16,21 @@ and on a prompt, the trajectory of a chosen token under both lenses.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 
+from workbench import corpus, prompts, tracing
+from workbench.analyses.base import Analysis
+from workbench.axes import check_shapes, slot_labels
 from workbench.errors import BadRequest
-from workbench.lens_math import kl_divergence
+from workbench.lenses import AffineLens, decode, kl_divergence, lens_logits
 
-NAME = "tuned_lens_comparison"
+NAME = "tuned_lens"  # until 2026-12: "tuned_lens_comparison"
 VERSION = 1
 
 
@@ -48,57 +53,6 @@ class TunedLensConfig:
             raise BadRequest("grad_clip must be positive.")
 
 
-class Translators(torch.nn.Module):
-    """``h + A_l h + b_l`` for each of ``n`` residual slots; zero-initialised (identity)."""
-
-    def __init__(self, n_slots: int, d_model: int):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(n_slots, d_model, d_model))  # A_l, (slot, out, in)
-        self.bias = torch.nn.Parameter(torch.zeros(n_slots, d_model))  # b_l
-
-    def forward(self, resid: torch.Tensor, slots: slice = slice(None)) -> torch.Tensor:
-        """resid (slot, seq, d_model) for the given slots -> translated, same shape."""
-        weight, bias = self.weight[slots], self.bias[slots]
-        return resid + torch.einsum("lsd,led->lse", resid, weight) + bias[:, None, :]
-
-
-def tuned_logits(model, translators: Translators, resid: torch.Tensor, grad: bool = False) -> torch.Tensor:
-    """resid (layer = n_layers + 1, seq, d_model) -> logits (layer, seq, vocab); last slot untranslated."""
-    with torch.set_grad_enabled(grad):
-        translated = torch.cat([translators(resid[:-1]), resid[-1:]])
-    return model.decode(translated, grad=grad)
-
-
-def _slot_groups(n_slots: int, seq: int, vocab: int, budget_bytes: int = 512 << 20) -> list[slice]:
-    per_slot = max(1, seq * vocab * 4 * 4)  # logits, log-probs, and their gradients
-    size = max(1, min(n_slots, budget_bytes // per_slot))
-    return [slice(start, min(start + size, n_slots)) for start in range(0, n_slots, size)]
-
-
-def training_step(model, translators: Translators, optimizer: torch.optim.Optimizer,
-                  resid: torch.Tensor, grad_clip: float) -> float:
-    """One optimiser step on one chunk's residuals (layer, seq, d_model); returns the mean KL (nats)
-    summed over translated layers, i.e. the loss. Layers are processed in memory-bounded groups."""
-    n_translated, seq, _ = resid[:-1].shape
-    target = torch.log_softmax(model.decode(resid[-1]), dim=-1)  # (seq, vocab), no grad
-    target_probs = target.exp()
-    optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    for group in _slot_groups(n_translated, seq, target.shape[-1]):
-        translated = translators(resid[group], group)
-        logq = torch.log_softmax(model.decode(translated, grad=True), dim=-1)  # (group, seq, vocab)
-        loss = (target_probs * (target - logq)).sum(-1).mean(-1).sum()  # sum over layers of mean KL
-        loss.backward()
-        total += loss.detach().item()
-    torch.nn.utils.clip_grad_norm_(translators.parameters(), grad_clip)
-    optimizer.step()
-    return total
-
-
-def make_optimizer(translators: Translators, config: TunedLensConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(translators.parameters(), lr=config.lr)
-
-
 # --------------------------------------------------------------------------- comparison
 
 
@@ -118,34 +72,29 @@ class LensComparisonRequest:
 @dataclass(frozen=True, eq=False)
 class LensComparisonResult:
     model_name: str
-    layer_labels: np.ndarray  # (layer,) str
+    layer_labels: np.ndarray  # (slot,) str
     lens_step: int
     eval_tokens: int
-    kl_logit: np.ndarray  # (layer,) mean KL(final || lens) on held-out tokens, nats
+    kl_logit: np.ndarray  # (slot,) mean KL(final || lens) on held-out tokens, nats
     kl_tuned: np.ndarray
-    top1_logit: np.ndarray  # (layer,) fraction of held-out tokens where lens top-1 == final top-1
+    top1_logit: np.ndarray  # (slot,) fraction of held-out tokens where lens top-1 == final top-1
     top1_tuned: np.ndarray
-    ppl_logit: np.ndarray  # (layer,) perplexity of the true next token under the lens
+    ppl_logit: np.ndarray  # (slot,) perplexity of the true next token under the lens
     ppl_tuned: np.ndarray
     tokens: np.ndarray  # (seq,) prompt tokens
     target_token: str
-    prob_logit: np.ndarray  # (layer,) target probability at the prompt's last position; (0,) without target
+    prob_logit: np.ndarray  # (slot,) target probability at the prompt's last position; (0,) without target
     prob_tuned: np.ndarray
-    top_logit: np.ndarray  # (layer,) str: top-1 token at the last position
+    top_logit: np.ndarray  # (slot,) str: top-1 token at the last position
     top_tuned: np.ndarray
 
     def __post_init__(self):
         n = len(self.layer_labels)
-        for name in ("kl_logit", "kl_tuned", "top1_logit", "top1_tuned", "ppl_logit", "ppl_tuned",
-                     "top_logit", "top_tuned"):
-            if getattr(self, name).shape != (n,):
-                raise ValueError(f"LensComparisonResult.{name} has shape {getattr(self, name).shape}, expected ({n},)")
-        expected = (n,) if self.target_token else (0,)
-        if self.prob_logit.shape != expected or self.prob_tuned.shape != expected:
-            raise ValueError("LensComparisonResult target trajectories must match the layers (or be empty)")
+        target = (n,) if self.target_token else (0,)
+        check_shapes(self, {**{name: (n,) for name in ("kl_logit", "kl_tuned", "top1_logit", "top1_tuned", "ppl_logit",
+                                                       "ppl_tuned", "top_logit", "top_tuned")},
+                            "prob_logit": target, "prob_tuned": target})
 
-
-RESULT_TYPE = LensComparisonResult
 
 
 @dataclass
@@ -156,10 +105,10 @@ class _Totals:
 
 
 def held_out_statistics(logits: torch.Tensor, next_ids: torch.Tensor, totals: _Totals | None) -> _Totals:
-    """Accumulate per-layer sums over one chunk; logits (layer, seq, vocab), next_ids (seq - 1,)."""
+    """Accumulate per-layer sums over one chunk; logits (slot, seq, vocab), next_ids (seq - 1,)."""
     logp = torch.log_softmax(logits.double(), -1)
     final = logp[-1]
-    kl = kl_divergence(final, logp).sum(-1)  # (layer,)
+    kl = kl_divergence(final, logp).sum(-1)  # (slot,)
     top1 = (logp.argmax(-1) == final.argmax(-1)).double().sum(-1)
     nll = -logp[:, :-1].gather(-1, next_ids.view(1, -1, 1).expand(logp.shape[0], -1, 1)).squeeze(-1).sum(-1)
     if totals is None:
@@ -169,7 +118,7 @@ def held_out_statistics(logits: torch.Tensor, next_ids: torch.Tensor, totals: _T
 
 def compare(
     model,
-    translators: Translators,
+    translators: AffineLens,
     request: LensComparisonRequest,
     held_out: list[torch.Tensor],
     residuals: Callable[[torch.Tensor], torch.Tensor],
@@ -179,25 +128,24 @@ def compare(
     progress: Callable[[float | None, str], None] = lambda f, m: None,
 ) -> LensComparisonResult:
     """Held-out statistics for both lenses over ``held_out`` chunks (token-id tensors), and the
-    target trajectory on the prompt. ``residuals(ids) -> (layer, seq, d_model)``."""
+    target trajectory on the prompt. ``residuals(ids) -> (slot, seq, d_model)``."""
     logit_totals = tuned_totals = None
     n_tokens = n_next = 0
     with torch.no_grad():
         for i, ids in enumerate(held_out):
             resid = residuals(ids)
-            logit_totals = held_out_statistics(model.decode(resid), ids[1:], logit_totals)
-            tuned_totals = held_out_statistics(tuned_logits(model, translators, resid), ids[1:], tuned_totals)
+            logit_totals = held_out_statistics(decode(model, resid), ids[1:], logit_totals)
+            tuned_totals = held_out_statistics(lens_logits(model, translators, resid), ids[1:], tuned_totals)
             n_tokens, n_next = n_tokens + len(ids), n_next + len(ids) - 1
             progress((i + 1) / (len(held_out) + 1), f"Held-out chunk {i + 1} of {len(held_out)}")
-        resid = residuals(prompt_ids)[:, -1:]  # (layer, 1, d_model)
-        logit_last = torch.softmax(model.decode(resid)[:, 0].double(), -1)
-        tuned_last = torch.softmax(tuned_logits(model, translators, resid)[:, 0].double(), -1)
-    decode = lambda ids: np.array([model.tokenizer.decode([int(i)]) for i in ids])  # noqa: E731
+        resid = residuals(prompt_ids)[:, -1:]  # (slot, 1, d_model)
+        logit_last = torch.softmax(decode(model, resid)[:, 0].double(), -1)
+        tuned_last = torch.softmax(lens_logits(model, translators, resid)[:, 0].double(), -1)
     n_layers = logit_last.shape[0]
     has_target = target_id is not None
     return LensComparisonResult(
         model_name=model.name,
-        layer_labels=np.array(["embed"] + [str(i) for i in range(n_layers - 1)]),
+        layer_labels=slot_labels(n_layers - 1),
         lens_step=request.lens_step,
         eval_tokens=n_tokens,
         kl_logit=(logit_totals.kl / n_tokens).float().numpy(),
@@ -210,6 +158,38 @@ def compare(
         target_token=request.target if has_target else "",
         prob_logit=logit_last[:, target_id].float().numpy() if has_target else np.zeros(0, np.float32),
         prob_tuned=tuned_last[:, target_id].float().numpy() if has_target else np.zeros(0, np.float32),
-        top_logit=decode(logit_last.argmax(-1)),
-        top_tuned=decode(tuned_last.argmax(-1)),
+        top_logit=np.array(prompts.token_strings(model, logit_last.argmax(-1))),
+        top_tuned=np.array(prompts.token_strings(model, tuned_last.argmax(-1))),
     )
+
+
+def check(request: LensComparisonRequest, settings) -> None:
+    prompts.check_text(request.prompt, settings)
+
+
+def run(ctx, request: LensComparisonRequest, progress, lens: AffineLens | None = None) -> LensComparisonResult:
+    """Logit vs tuned lens on held-out text and on the prompt, with ``lens`` (default: the trainer's
+    current translators, which must be at ``request.lens_step``)."""
+    model, config = ctx.model, request.config
+    encoded = ctx.encode(request.prompt)
+    target_id = prompts.single_token_id(model, request.target) if request.target else None
+    if lens is None:
+        lens, step = ctx.trainer(config, progress).snapshot()
+        if step != request.lens_step:
+            raise BadRequest(f"This tuned lens is at step {step} now, not {request.lens_step}: compare it again.")
+    bos = model.tokenizer("").input_ids
+    held_out = [torch.tensor(bos + c) for c in
+                corpus.chunks(model.tokenizer, config.corpus, "heldout", config.chunk_tokens, request.eval_chunks)]
+    return compare(model, lens, request, held_out, residuals=lambda ids: tracing.residual_stream(model, ids).resid,
+                   prompt_ids=encoded.ids, tokens=encoded.tokens, target_id=target_id, progress=progress)
+
+
+def with_lens(lens: AffineLens) -> Analysis:
+    """The analysis comparing this very lens (a snapshot taken with its step), same cache key."""
+    return dataclasses.replace(ANALYSIS, run=partial(run, lens=lens))
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="Tuned lens vs logit lens", Request=LensComparisonRequest,
+    Result=LensComparisonResult, run=run, check=check,
+)

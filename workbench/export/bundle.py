@@ -48,7 +48,7 @@ class FigureSource:
     def to_json(self, model_digest: str) -> dict:
         entry = registry.entry(self.analysis)
         return {"analysis": self.analysis, "analysis_version": entry.version, "model": self.model_name,
-                "model_digest": model_digest, "request_type": entry.request_type.__name__,
+                "model_digest": model_digest, "request_type": entry.Request.__name__,
                 "request": json.loads(request_json(self.request))}
 
 
@@ -76,7 +76,7 @@ def spec_of(analysis: str, figure: str, model_name: str, request) -> FigureSpec:
 
 def build_figure(workbench, spec: FigureSpec, progress=lambda f, m: None) -> go.Figure:
     """Run (or read from the cache) every source of ``spec`` and draw the figure."""
-    results = [registry.entry(s.analysis).run(workbench, s.model_name, s.request, progress) for s in spec.sources]
+    results = [workbench.run(registry.entry(s.analysis), s.model_name, s.request, progress) for s in spec.sources]
     if spec.figure == OVERLAY:
         from workbench.figures import compare as compare_figures
 
@@ -199,11 +199,15 @@ def spec_from_manifest(manifest: dict) -> FigureSpec:
     """The figure spec a bundle's manifest describes (requests rebuilt exactly)."""
     if manifest.get("format_version") != BUNDLE_VERSION:
         raise BadRequest(f"Bundle format version {manifest.get('format_version')} is not {BUNDLE_VERSION}.")
-    sources = tuple(
-        FigureSource(s["analysis"], s["model"], registry.entry(s["analysis"]).request(s["request"]))
+    sources = tuple(  # older bundles may name an analysis by its former name: read back under today's
+        FigureSource(registry.entry(s["analysis"]).name, s["model"], registry.entry(s["analysis"]).request(s["request"]))
         for s in manifest["sources"]
     )
-    return FigureSpec(manifest["figure"], sources, manifest.get("title", ""))
+    figure = manifest["figure"]
+    if figure != OVERLAY:
+        analysis, _, name = figure.partition(":")
+        figure = f"{registry.entry(analysis).name}:{name}"
+    return FigureSpec(figure, sources, manifest.get("title", ""))
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,16 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from workbench import axes
 from workbench.analyses.attention_sinks import KIND_NONE, SinkProbeResult
-from workbench.analyses.sink_levels import SinkLevelsResult
 from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token
 
 
 def slot_labels(n_layers: int) -> list[str]:
-    return ["embed"] + [str(i) for i in range(n_layers)]
+    return [str(label) for label in axes.slot_labels(n_layers)]
 
 
-def first_label(result: SinkProbeResult | SinkLevelsResult) -> str:
+def first_label(result) -> str:
     return "BOS" if result.first_is_bos else "first token (no BOS: it plays the BOS role)"
 
 
@@ -191,50 +191,10 @@ def sink_rows(result: SinkProbeResult) -> list[dict]:
     return rows
 
 
-def onset_histogram(levels: SinkLevelsResult) -> go.Figure:
-    """How many secondary sinks appear after each block, over the prompt set (the sink levels)."""
-    slots = len(levels.onset_counts)
-    fig = go.Figure(
-        go.Bar(x=np.arange(slots), y=levels.onset_counts, marker={"color": LINE_COLORS[0]},
-               hovertemplate="after slot %{x}: %{y} sinks<extra></extra>")
-    )
-    n_prompts = len(levels.prompt_secondary_count)
-    fig.update_layout(
-        title=(f"Secondary-sink onsets over {n_prompts} prompts: {levels.share_with_secondary:.0%} of prompts "
-               f"have one ({levels.model_name})"),
-        xaxis=_int_axis("residual after block (onset)", slot_labels(slots - 1)),
-        yaxis={"title": "secondary sinks"},
-        height=360,
-        margin={"l": 70, "r": 20, "t": 60, "b": 60},
-    )
-    return fig
-
-
-def lifetime_scatter(levels: SinkLevelsResult) -> go.Figure:
-    """Each sink token (any kind but the first position): onset slot vs lifetime, coloured by its
-    creating MLP's alignment with the sink direction."""
-    hover = [
-        f"prompt {p}, position {pos}: {display_token(t)} ({k})<br>"
-        f"creating MLP: block {c}, cos {a:.2f}, ‖write‖ {n:.1f}"
-        for p, pos, t, k, c, a, n in zip(
-            levels.sink_prompt, levels.sink_position, levels.sink_token, levels.sink_kind, levels.sink_creator,
-            levels.sink_alignment, levels.sink_mlp_norm, strict=True,
-        )
-    ]
-    fig = go.Figure(
-        go.Scatter(
-            x=levels.sink_onset, y=levels.sink_lifetime, mode="markers", customdata=hover,
-            marker={"color": levels.sink_alignment, "colorscale": SEQUENTIAL, "cmin": -1.0, "cmax": 1.0,
-                    "colorbar": {"title": {"text": "MLP cos"}}, "size": 9},
-            hovertemplate="%{customdata}<extra></extra>",
-        )
-    )
-    slots = len(levels.onset_counts)
-    fig.update_layout(
-        title="Sink tokens (all kinds): onset vs lifetime",
-        xaxis=_int_axis("residual after block (onset)", slot_labels(slots - 1)),
-        yaxis={"title": "lifetime (layers)"},
-        height=360,
-        margin={"l": 70, "r": 20, "t": 60, "b": 60},
-    )
-    return fig
+FIGURES = {
+    "layer_token_heatmap": layer_token_heatmap,
+    "layer_head_heatmap": layer_head_heatmap,
+    "first_norm_curve": first_norm_curve,
+    "cosine_heatmap": cosine_heatmap,
+    "norm_heatmap": norm_heatmap,
+}

@@ -55,3 +55,6 @@ def curves(results: list[ConceptDepthResult], title: str = "Concept depth") -> g
     fig.update_layout(title=title, height=430, legend={"orientation": "h", "y": -0.25},
                       margin={"l": 50, "r": 20, "t": 70, "b": 80})
     return fig
+
+
+FIGURES = {"curves": lambda result: curves([result])}

@@ -54,3 +54,6 @@ def skip_effects(result: DepthUseResult) -> go.Figure:
     fig.update_layout(height=420, legend={"orientation": "h", "y": -0.2},
                       margin={"l": 60, "r": 20, "t": 50, "b": 60})
     return fig
+
+
+FIGURES = {"contributions": contributions, "skip_effects": skip_effects}

@@ -4,6 +4,8 @@ in the pivot language, with 95% confidence bands over prompts."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import plotly.graph_objects as go
 
@@ -46,3 +48,6 @@ def probabilities(result: LatentLanguageResult, only_correct: bool = False) -> g
         margin={"l": 60, "r": 20, "t": 80, "b": 50},
     )
     return fig
+
+
+FIGURES = {"probabilities": probabilities, "probabilities_correct": partial(probabilities, only_correct=True)}

@@ -97,3 +97,6 @@ def layer_curves(result: LogitLensResult) -> go.Figure:
     fig.update_yaxes(title_text="nats", row=1, col=1)
     fig.update_layout(height=360, showlegend=False, margin={"l": 60, "r": 20, "t": 50, "b": 50})
     return fig
+
+
+FIGURES = {"heatmap": heatmap, "layer_curves": layer_curves}

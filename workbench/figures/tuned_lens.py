@@ -74,3 +74,6 @@ def trajectory(result: LensComparisonResult) -> go.Figure:
                       yaxis={"title": "probability", "range": [0, 1.02]},
                       margin={"l": 60, "r": 20, "t": 50, "b": 50})
     return fig
+
+
+FIGURES = {"held_out": held_out, "trajectory": trajectory}

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import torch
 
 from workbench.errors import UnsupportedArchitecture
-from workbench.lens_math import soft_cap
 
 
 @dataclass(frozen=True)
@@ -186,11 +185,6 @@ def logit_softcap(spec: ArchitectureSpec, config: object) -> float | None:
     """The final logit soft-cap this model's config sets (Gemma), else None."""
     cap = getattr(config, spec.logit_softcap_attr, None) if spec.logit_softcap_attr else None
     return float(cap) if cap else None
-
-
-def final_logits(spec: ArchitectureSpec, config: object, logits: torch.Tensor) -> torch.Tensor:
-    """Apply the architecture's post-unembedding transform (Gemma's soft-cap, if configured)."""
-    return soft_cap(logits, logit_softcap(spec, config))
 
 
 # ---------------------------------------------------------------------- MLP weights by role

@@ -78,23 +78,10 @@ class LoadedModel:
         return next(self.hf_model.parameters()).device
 
     def decode(self, resid: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
-        """Residual-stream vectors -> logits (on the CPU) through the model's final norm and unembedding.
+        """Residual-stream vectors -> logits on the CPU, through the model's ``Unembed`` (``lenses.decode``)."""
+        from workbench.lenses import decode
 
-        ``grad=True`` keeps the autograd graph w.r.t. ``resid`` (for training lenses); the model's
-        weights enter as detached constants, so they never accumulate gradients.
-        """
-        with self.lock, torch.set_grad_enabled(grad):
-            normed = _call_frozen(self.module(self.spec.final_norm), resid.to(self.device))
-            logits = _call_frozen(self.module(self.spec.unembed), normed)
-            return adapter.final_logits(self.spec, self.hf_model.config, logits).float().cpu()
-
-
-def _call_frozen(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` with its parameters detached (no weight gradients, no global flags flipped)."""
-    if not torch.is_grad_enabled():
-        return module(x)
-    params = {name: p.detach() for name, p in module.named_parameters()}
-    return torch.func.functional_call(module, params, (x,))
+        return decode(self, resid, grad=grad)
 
 
 def _model_info(config, spec: adapter.ArchitectureSpec, n_layers: int) -> ModelInfo:

@@ -1,16 +1,14 @@
-"""Figures for the neuron analyses: class fractions per layer, cosine distributions with the
-null band, a neuron's vocabulary projection, and the effect of scaling it."""
+"""Figures of the neuron classes: class fractions per block, cosine distributions with the null band."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
-from workbench.analyses.neuron_effect import NeuronEffectResult
-from workbench.analyses.neuron_vocab import NeuronVocabResult
-from workbench.analyses.neurons import CLASS_NAMES, NeuronClassResult
-from workbench.figures import LINE_COLORS, display_token
+from workbench.analyses.neuron_classes import CLASS_NAMES, NeuronClassResult
+from workbench.figures import LINE_COLORS
 
 # Okabe-Ito (colour-blind safe) per typical class; an atypical class shares its typical
 # class's colour, hatched.
@@ -83,44 +81,8 @@ def cosine_distribution(result: NeuronClassResult) -> go.Figure:
     return fig
 
 
-def vocab_projection(result: NeuronVocabResult) -> go.Figure:
-    """Top and bottom tokens of W_U · w_out and W_U · w_in as horizontal bars."""
-    panels = [
-        ("W_U·w_out: promoted", result.out_top_tokens, result.out_top_values, LINE_COLORS[0]),
-        ("W_U·w_out: suppressed", result.out_bottom_tokens, result.out_bottom_values, LINE_COLORS[1]),
-        ("W_U·w_in: top", result.in_top_tokens, result.in_top_values, LINE_COLORS[2]),
-        ("W_U·w_in: bottom", result.in_bottom_tokens, result.in_bottom_values, LINE_COLORS[3]),
-    ]
-    fig = make_subplots(rows=1, cols=4, subplot_titles=[p[0] for p in panels], horizontal_spacing=0.08)
-    k = len(result.out_top_tokens)
-    for col, (title, tokens, values, color) in enumerate(panels, start=1):
-        fig.add_trace(go.Bar(
-            x=values, y=np.arange(k), orientation="h", marker={"color": color}, name=title,
-            customdata=[display_token(t) for t in tokens], hovertemplate="%{customdata}: %{x:.3f}<extra></extra>",
-        ), row=1, col=col)
-        fig.update_yaxes(tickmode="array", tickvals=list(range(k)), ticktext=[display_token(t) for t in tokens],
-                         autorange="reversed", row=1, col=col)
-    fig.update_layout(
-        title=f"Layer {result.layer}, neuron {result.neuron}: {result.class_name}",
-        height=max(300, 24 * k + 120), showlegend=False, margin={"l": 60, "r": 20, "t": 70, "b": 40},
-    )
-    return fig
-
-
-def effect(result: NeuronEffectResult) -> go.Figure:
-    """Probabilities of the clean run's top tokens, clean vs with the neuron scaled."""
-    k = len(result.clean_top_tokens)
-    labels = [display_token(t) for t in result.clean_top_tokens]
-    fig = go.Figure([
-        go.Bar(x=np.arange(k), y=result.clean_top_probs, name="clean", marker={"color": LINE_COLORS[0]}),
-        go.Bar(x=np.arange(k), y=result.clean_top_scaled_probs, name=f"neuron × {result.factor:g}",
-               marker={"color": LINE_COLORS[1]}),
-    ])
-    fig.update_layout(
-        barmode="group",
-        title=f"Next-token probabilities, layer {result.layer} neuron {result.neuron} × {result.factor:g} "
-              f"(KL = {result.kl:.4f} nats)",
-        xaxis={"title": "clean top tokens", "tickmode": "array", "tickvals": list(range(k)), "ticktext": labels},
-        yaxis={"title": "probability"}, height=360, margin={"l": 60, "r": 20, "t": 60, "b": 50},
-    )
-    return fig
+FIGURES = {
+    "class_fractions": class_fractions,
+    "class_fractions_no_orthogonal": partial(class_fractions, include_orthogonal=False),
+    "cosine_distribution": cosine_distribution,
+}

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from scipy import stats
 
+from workbench.analyses.base import Analysis
+from workbench.axes import LayerSummary, check_shapes
 from workbench.errors import BadRequest
 from workbench.models import adapter
 from workbench.models.loader import LoadedModel
@@ -99,20 +101,9 @@ class NeuronClassResult:
     def __post_init__(self):
         n_layer, n_neurons = self.cos_in_out.shape
         gate_shape = (n_layer, n_neurons) if self.gated else (0, 0)
-        expected = {
-            "cos_gate_out": gate_shape,
-            "cos_gate_in": gate_shape,
-            "flipped": gate_shape,
-            "class_ids": (n_layer, n_neurons),
-            "class_names": (len(CLASS_NAMES),),
-            "fractions": (n_layer, len(CLASS_NAMES)),
-            "null_band": (2,),
-            "outside_null": (n_layer,),
-        }
-        for field_name, shape in expected.items():
-            actual = getattr(self, field_name).shape
-            if actual != shape:
-                raise ValueError(f"NeuronClassResult.{field_name} has shape {actual}, expected {shape}")
+        check_shapes(self, {"cos_gate_out": gate_shape, "cos_gate_in": gate_shape, "flipped": gate_shape,
+                            "class_ids": (n_layer, n_neurons), "class_names": (len(CLASS_NAMES),),
+                            "fractions": (n_layer, len(CLASS_NAMES)), "null_band": (2,), "outside_null": (n_layer,)})
 
     @property
     def n_layers(self) -> int:
@@ -122,8 +113,6 @@ class NeuronClassResult:
     def n_neurons(self) -> int:
         return self.cos_in_out.shape[1]
 
-
-RESULT_TYPE = NeuronClassResult
 
 
 # ---------------------------------------------------------------------- pure maths
@@ -310,3 +299,33 @@ def neurons_of_class(result: NeuronClassResult, class_name: str, layer: int | No
     cos = result.cos_in_out[layers, neurons]
     order = np.argsort(-np.abs(cos), kind="stable")[:limit]
     return [(int(layers[i]), int(neurons[i]), float(cos[i])) for i in order]
+
+
+ENRICHMENT_FAMILY = ("enrichment", "conditional enrichment", "atypical enrichment", "atypical conditional enrichment")
+DEPLETION_FAMILY = ("depletion", "conditional depletion", "atypical depletion", "atypical conditional depletion")
+
+
+def summary(result: NeuronClassResult) -> list[LayerSummary]:
+    """Share of each block's neurons in the enrichment and the depletion families."""
+    names = [str(n) for n in result.class_names]
+
+    def share(family: tuple[str, ...]) -> np.ndarray:
+        return result.fractions[:, [names.index(c) for c in family if c in names]].sum(axis=1)
+
+    return [
+        LayerSummary.per_block(result.model_name, NAME, "neurons: enrichment share", share(ENRICHMENT_FAMILY)),
+        LayerSummary.per_block(result.model_name, NAME, "neurons: depletion share", share(DEPLETION_FAMILY)),
+    ]
+
+
+def run(ctx, request: NeuronClassRequest, progress) -> NeuronClassResult:
+    """Cosines and classes of every MLP neuron, from the weights (Gerstner & Schuetze)."""
+    return compute(ctx.model, request, progress)
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="Neuron classes", Request=NeuronClassRequest, Result=NeuronClassResult,
+    run=run, summary=summary,
+    compare_request=lambda inputs: NeuronClassRequest(), compare_figure="class_fractions",
+    compare_note="from the weights",
+)

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from workbench.analyses.patching import COMPONENTS, PatchingResult
+from workbench import prompt_pairs
+from workbench.analyses import patching
+from workbench.analyses.base import Analysis
+from workbench.analyses.patching import COMPONENTS, PatchingRequest, PatchingResult
 from workbench.errors import BadRequest
 
 NAME = "patching_faithfulness"
@@ -78,8 +81,6 @@ class FaithfulnessResult:
         mask = self.point_component == list(self.components).index(component)
         return self.act_points[mask], getattr(self, f"{estimator}_points")[mask]
 
-
-RESULT_TYPE = FaithfulnessResult
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -152,3 +153,32 @@ def compute(model_name: str, results: Sequence[PatchingResult], request: Faithfu
         seconds_atp=float(sum(r.seconds_atp for r in results)),
         seconds_relp=float(sum(r.seconds_relp for r in results)),
     )
+
+
+def ioi_pairs(ctx, n_pairs: int, seed: int = 0) -> list[prompt_pairs.PromptPair]:
+    """IOI clean/corrupted pairs whose names are single tokens for ctx's model."""
+    return prompt_pairs.ioi_pairs(ctx.model, n_pairs, seed, ctx.settings)
+
+
+def run(ctx, request: FaithfulnessRequest, progress) -> FaithfulnessResult:
+    """AtP and RelP vs activation patching over IOI pairs (each pair cached on its own)."""
+    pairs = ioi_pairs(ctx, request.n_pairs, request.seed)
+    results = []
+    for index, pair in enumerate(pairs):
+        def pair_progress(fraction, message, index=index):
+            overall = None if fraction is None else (index + fraction) / len(pairs)
+            progress(overall, f"Pair {index + 1} of {len(pairs)}: {message}")
+
+        pair_request = PatchingRequest(
+            pair.clean, pair.corrupted, pair.answer, pair.wrong, ln_rule=request.ln_rule,
+            identity_rule=request.identity_rule, half_rule=request.half_rule, ah_rule=request.ah_rule,
+            heads=request.heads,
+        )
+        results.append(ctx.run(patching.ANALYSIS, pair_request, pair_progress))
+    return compute(ctx.name, results, request)
+
+
+ANALYSIS = Analysis(
+    name=NAME, version=VERSION, title="Patching faithfulness scoreboard", Request=FaithfulnessRequest,
+    Result=FaithfulnessResult, run=run,
+)

@@ -1,0 +1,159 @@
+"""Lenses: decoding residual-stream states into next-token distributions, in one place.
+
+Owns the ``Unembed`` (the model's final norm, then its unembedding, then the final logit
+soft-cap where the architecture sets one, e.g. Gemma), usable inside an nnsight trace (on the
+model's envoys, so the decode runs where the trace runs, NDIF included) and on plain tensors;
+the lenses as transforms ``T_l`` applied to slot ``l`` before the ``Unembed``, in the spirit of
+the tuned-lens library's ``Lens``:
+
+* ``LogitLens``: the identity (nostalgebraist 2020, "interpreting GPT: the logit lens");
+* ``AffineLens``: ``h + A_l h + b_l`` per slot, zero-initialised so that the untrained lens is the
+  logit lens (Belrose et al. 2023, "Eliciting Latent Predictions from Transformers with the Tuned
+  Lens"; the same form carries the linear shortcuts of Din et al. 2023, "Jump to Conclusions");
+
+and the formulas every lens shares: one KL divergence, one soft-cap, and the in-trace reduction
+of the logit lens (top-k, KL to the final distribution, a target's rank), which the trace calls
+so only small statistics leave it. Axes as in ``workbench.axes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+LENS_BUDGET_BYTES = 256 << 20  # decoded logits held at once by the in-trace logit lens
+
+
+def kl_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last axis, from log-probabilities (clamped at 0 against rounding)."""
+    return (logp.exp() * (logp - logq)).sum(-1).clamp_min(0.0)
+
+
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``cap * tanh(logits / cap)`` when the model sets a cap, else the logits unchanged."""
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+@dataclass(frozen=True)
+class Unembed:
+    """final norm -> unembedding -> soft-cap, on whatever ``final_norm`` and ``unembed`` are:
+    the model's envoys inside a trace (``Unembed.in_trace``) or its modules (``model_unembed``)."""
+
+    final_norm: Callable
+    unembed: Callable
+    softcap: float | None = None
+
+    def __call__(self, resid: torch.Tensor) -> torch.Tensor:
+        """(..., d_model) states -> (..., vocab) float32 logits."""
+        return soft_cap(self.unembed(self.final_norm(resid)).float(), self.softcap)
+
+    @classmethod
+    def in_trace(cls, lm, softcap: float | None) -> Unembed:
+        """Inside ``lm.trace``: decode on the model's renamed envoys (``final_norm``, ``unembed``)."""
+        return cls(lm.final_norm, lm.unembed, softcap)
+
+
+def _frozen(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``module`` as a function whose parameters are detached constants (no weight gradients)."""
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return module(x)
+        params = {name: p.detach() for name, p in module.named_parameters()}
+        return torch.func.functional_call(module, params, (x,))
+
+    return call
+
+
+def model_unembed(model) -> Unembed:
+    """The ``Unembed`` of a loaded model on tensors (its weights frozen)."""
+    return Unembed(_frozen(model.module(model.spec.final_norm)), _frozen(model.module(model.spec.unembed)),
+                   model.info.logit_softcap)
+
+
+def decode(model, resid: torch.Tensor, *, grad: bool = False) -> torch.Tensor:
+    """(..., d_model) residual states -> (..., vocab) logits on the CPU, through ``model_unembed``.
+
+    ``grad=True`` keeps the autograd graph w.r.t. ``resid`` (for training lenses); the model's
+    weights enter as detached constants, so they never accumulate gradients."""
+    with model.lock, torch.set_grad_enabled(grad):
+        return model_unembed(model)(resid.to(model.device)).float().cpu()
+
+
+# ------------------------------------------------------------------------------ lenses as transforms
+
+
+class LogitLens:
+    """The identity transform: each slot decoded as it is."""
+
+    name = "logit"
+
+    def __call__(self, resid: torch.Tensor, slots: slice = slice(None)) -> torch.Tensor:
+        return resid
+
+
+class AffineLens(torch.nn.Module):
+    """``h + A_l h + b_l`` for each of ``n_slots`` slots; zero-initialised (the identity)."""
+
+    name = "affine"
+
+    def __init__(self, n_slots: int, d_model: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(n_slots, d_model, d_model))  # A_l: (slot, out, in)
+        self.bias = torch.nn.Parameter(torch.zeros(n_slots, d_model))  # b_l: (slot, d_model)
+
+    def forward(self, resid: torch.Tensor, slots: slice = slice(None)) -> torch.Tensor:
+        """resid (slot, seq, d_model) for the given slots -> translated, same shape."""
+        weight, bias = self.weight[slots], self.bias[slots]
+        return resid + torch.einsum("lsd,led->lse", resid, weight) + bias[:, None, :]
+
+
+def lens_logits(model, lens: Callable, resid: torch.Tensor, grad: bool = False) -> torch.Tensor:
+    """resid (slot = L + 1, seq, d_model) -> logits (slot, seq, vocab) under ``lens``; the last slot
+    is the model's output and is never transformed."""
+    with torch.set_grad_enabled(grad):
+        translated = torch.cat([lens(resid[:-1]), resid[-1:]])
+    return decode(model, translated, grad=grad)
+
+
+# ------------------------------------------------------------------------------ in-trace reductions
+
+
+def lens_chunk_slots(seq: int, vocab: int, budget_bytes: int = 0) -> int:
+    """How many residual slots to decode at once so their (slot, seq, vocab) float32 logits and
+    the few arrays derived from them (log-probs, KL's temporaries: about five in all) fit the budget."""
+    per_slot = max(1, seq * vocab * 4 * 5)
+    return max(1, (budget_bytes or LENS_BUDGET_BYTES) // per_slot)
+
+
+def logit_lens_statistics(unembed: Unembed, states: list, k: int, target_id: int | None, chunk: int) -> dict:
+    """Decode ``states`` (slot tensors, each (1, seq, d_model)) in chunks of ``chunk`` slots, the
+    last chunk first (so the final distribution is that very decode and KL(final || final) is
+    exactly 0), and reduce each chunk to its top-k, KL to the final distribution and the target's
+    log-probability and rank at the last position. Called inside a trace: only these lists of
+    small tensors (last chunk first) need to leave it."""
+    out = {"top_ids": [], "top_logprobs": [], "kl": [], "target_logprob": [], "target_rank": []}
+    final = None
+    for end in range(len(states), 0, -chunk):
+        logprobs = torch.log_softmax(unembed(torch.cat(states[max(0, end - chunk):end])), dim=-1)  # (slot, seq, vocab)
+        if final is None:
+            final = logprobs[-1]
+        top = logprobs.topk(k, dim=-1)
+        out["top_ids"].append(top.indices)
+        out["top_logprobs"].append(top.values)
+        out["kl"].append(kl_divergence(final, logprobs))
+        if target_id is not None:
+            last = logprobs[:, -1]  # (slot, vocab)
+            target = last[:, target_id]
+            out["target_logprob"].append(target)
+            out["target_rank"].append((last > target[:, None]).sum(-1) + 1)
+    return out
+
+
+def last_position_probs(unembed: Unembed, states: list, wanted: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``states`` (slot tensors, each (1, d_model): the last position) -> the probabilities of the
+    ``wanted`` ids, (slot, wanted) float64, and each slot's top-1 id, (slot,). Called inside a trace."""
+    probs = torch.softmax(unembed(torch.cat(states)).double(), dim=-1)  # (slot, vocab)
+    return probs[:, wanted], probs.argmax(dim=-1)
