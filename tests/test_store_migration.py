@@ -15,25 +15,13 @@ import pytest
 from workbench.analyses import request_digest, request_json
 from workbench.analyses.logit_lens import LogitLensRequest, LogitLensResult
 from workbench.errors import CacheError, CacheLocked
-from workbench.store import codec, duckdb_store
+from workbench.store import codec, schema
 from workbench.store.duckdb_store import SCHEMA_VERSION, ActivationKey, ResultKey, Store
 
-# The v1 layout and write statements, frozen here as they were shipped (commit 1e42942), so that
-# a change to the store module cannot quietly change what "a v1 file" means.
-V1_DDL = """
-CREATE TABLE IF NOT EXISTS store_meta (name VARCHAR PRIMARY KEY, value VARCHAR);
-CREATE TABLE IF NOT EXISTS results (
-    result_id VARCHAR PRIMARY KEY,
-    analysis VARCHAR, analysis_version INTEGER, model_name VARCHAR, model_digest VARCHAR,
-    request_digest VARCHAR, request_json VARCHAR, scalars_json VARCHAR,
-    created_at TIMESTAMP DEFAULT current_timestamp);
-CREATE TABLE IF NOT EXISTS result_arrays (
-    result_id VARCHAR, name VARCHAR, npy BLOB, PRIMARY KEY (result_id, name));
-CREATE TABLE IF NOT EXISTS activation_sets (
-    activation_id VARCHAR PRIMARY KEY, model_digest VARCHAR, input_digest VARCHAR, site VARCHAR,
-    n_layers INTEGER, n_positions INTEGER, d_model INTEGER,
-    created_at TIMESTAMP DEFAULT current_timestamp);
-"""
+# The v1 layout is the store's own ``schema.SCHEMA_V1`` (every new file starts from it), pinned here by
+# the digest of the DDL as shipped (commit 1e42942, whitespace collapsed); the v1 write statements below
+# are frozen as shipped too. So a change to the store module cannot quietly change what "a v1 file" means.
+V1_DDL_SHA256 = "9e7e4591c5638d9de2a47bbe8bb8852b1fa9f3477921e59b72c93177f4fac124"
 REBUILD = "python -m workbench cache rebuild"
 
 
@@ -44,7 +32,7 @@ def v1_digest(*parts) -> str:
 def write_v1_file(path, result, request, acts) -> None:
     """A cache exactly as the v1 code wrote it: one logit-lens result and one activation set."""
     con = duckdb.connect(str(path))
-    con.execute(V1_DDL)
+    con.execute(schema.SCHEMA_V1)
     con.execute("INSERT INTO store_meta VALUES ('schema_version', '1')")
     result_id = v1_digest(1, "logit_lens", 1, "model-digest", request_digest(request))
     scalars_json, arrays = codec.encode(result)
@@ -68,6 +56,11 @@ def write_v1_file(path, result, request, acts) -> None:
                 " n_positions, d_model) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [activation_id, "model-digest", "input-digest", "resid", n_layers, n_positions, d_model])
     con.close()
+
+
+def test_the_v1_layout_is_the_one_shipped():
+    shipped = hashlib.sha256(" ".join(schema.SCHEMA_V1.split()).encode()).hexdigest()
+    assert shipped == V1_DDL_SHA256, "v1 files exist as shipped: change the layout with a migration instead"
 
 
 @pytest.fixture
@@ -136,10 +129,10 @@ def test_a_failing_migration_leaves_the_file_as_it_was(tmp_path, lens_result, mo
     v1_columns = columns(path, "results")
 
     def half_done(cur):
-        duckdb_store._migrate_1_to_2(cur)
+        schema._migrate_1_to_2(cur)
         raise duckdb.Error("disk full (simulated) halfway through the migration")
 
-    monkeypatch.setitem(duckdb_store.MIGRATIONS, 1, half_done)
+    monkeypatch.setitem(schema.MIGRATIONS, 1, half_done)
     with pytest.raises(CacheError, match=REBUILD):
         Store(path)
     assert stored_version(path) == "1" and columns(path, "results") == v1_columns

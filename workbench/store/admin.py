@@ -17,7 +17,9 @@ from pathlib import Path
 
 from workbench.config import Settings, load_settings
 from workbench.errors import BadRequest
-from workbench.store.duckdb_store import SCHEMA_VERSION, Removed, Store
+from workbench.store.duckdb_store import Store
+from workbench.store.eviction import Removed
+from workbench.store.schema import SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
