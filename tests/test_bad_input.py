@@ -68,8 +68,7 @@ def wb(tmp_path_factory):
                         models_dir_override=PROJECT_ROOT / "cache" / "models")
     backend = Workbench(settings)
     yield backend
-    for trainer in backend._trainers.values():
-        trainer.stop(wait=True)
+    backend.runtime.trainers.stop_all()
     backend.close()
 
 

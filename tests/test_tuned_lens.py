@@ -9,7 +9,7 @@ import torch
 from workbench import corpus, lenses, prompts, tracing
 from workbench.analyses import tuned_lens
 from workbench.analyses.logit_lens import LogitLensRequest
-from workbench.analyses.tuned_lens import Translators, TunedLensConfig
+from workbench.analyses.tuned_lens import TunedLensConfig
 from workbench.errors import BadRequest
 from workbench.lens_training import LensTrainer
 
@@ -26,12 +26,12 @@ def test_zero_translators_equal_the_logit_lens(workbench, tiny_dir):
     model = workbench.model(str(tiny_dir))
     ids = prompts.encode(model, "The capital of France is", workbench.settings).ids
     resid = tracing.residual_stream(model, ids).resid
-    zero = Translators(model.info.n_layers, model.info.d_model)
+    zero = lenses.AffineLens(model.info.n_layers, model.info.d_model)
     torch.testing.assert_close(lenses.lens_logits(model, zero, resid), model.decode(resid), rtol=0, atol=0)
 
 
 def test_translator_is_affine_per_layer():
-    translators = Translators(2, 3)
+    translators = lenses.AffineLens(2, 3)
     with torch.no_grad():
         translators.weight[1] = torch.eye(3) * 2
         translators.bias[1] = torch.tensor([1.0, 0.0, -1.0])

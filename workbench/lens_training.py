@@ -230,3 +230,10 @@ class TrainerPool:
         """The trainer of this model and config if one exists in this process (no model needed)."""
         with self._lock:
             return self._trainers.get((model_digest, request_digest(config)))
+
+    def stop_all(self) -> None:
+        """Stop every running trainer of this process (each saves its checkpoint)."""
+        with self._lock:
+            trainers = list(self._trainers.values())
+        for trainer in trainers:
+            trainer.stop(wait=True)
