@@ -1,7 +1,14 @@
 """Frozen settings, read once from the environment.
 
 Owns every tunable that is not part of an analysis request: where the cache
-lives, which device and how many threads torch uses, and input limits.
+lives, which device and how many threads torch uses, input limits, and whether
+the HuggingFace hub may be reached. This is the only module of the workbench
+that reads the environment (``load_settings``); importing any module changes no
+environment variable. The hub rule (``Settings.hub_allowed``): offline unless
+the user allowed downloads (``allow_hub``) or remote runs (``remote``, which read
+hub configs but never weights); ``catalog.hub_guard`` applies it while a model
+is materialised or loaded, so a missing local path never becomes a hub lookup.
+(huggingface_hub itself still honours ``HF_HUB_OFFLINE=1`` set by the user.)
 
 Environment variables (all optional):
     LAYERLENS_CACHE_DIR     cache directory (default: ``cache/`` next to the package)
@@ -39,6 +46,11 @@ class Settings:
     remote: bool = False  # hub ids run on NDIF (workbench.remote); local models still run here
     ndif_api_key: str | None = field(default=None, repr=False)  # never printed
     ndif_host: str = NDIF_DEFAULT_HOST
+
+    @property
+    def hub_allowed(self) -> bool:
+        """Whether loading may reach the HuggingFace hub: downloads allowed, or remote runs on."""
+        return self.allow_hub or self.remote
 
     @property
     def models_dir(self) -> Path:

@@ -1,4 +1,4 @@
-"""The one place that knows architecture-specific module names.
+"""The one place that knows architecture-specific module names and config field names.
 
 Owns the declarative table that maps each supported architecture (Llama/SmolLM,
 Gemma 3, GPT-2, Qwen2/3, Mistral) onto one vocabulary used everywhere else:
@@ -11,26 +11,82 @@ Gemma 3, GPT-2, Qwen2/3, Mistral) onto one vocabulary used everywhere else:
     unembed     the unembedding (``lm_head``)
 
 plus the names of the MLP projections (gate/in/out) and the norms inside a
-block, which later analyses (neurons, RelP) need. Nothing outside this module
-spells ``model.layers`` or ``transformer.h``. Adding an architecture means adding
-one ``ArchitectureSpec`` row below, nothing else.
+block, which later analyses (neurons, RelP) need, the block's residual topology,
+and where the HF config keeps each size (``config_names``, read by role with
+``config_value``). Nothing outside this module spells ``model.layers``,
+``transformer.h``, ``hidden_size`` or ``n_embd``. Adding an architecture means
+adding one ``ArchitectureSpec`` row below, nothing else.
+
+Residual topology (``ArchitectureSpec.residual``), what analyses may assume:
+
+``"sequential"`` (Llama, Gemma 3, GPT-2, Qwen, Mistral: every family today)
+    ``mid = x + attn(norm_1(x))``, then ``out = mid + mlp(pre_mlp_norm(mid))``.
+    A "resid_mid" state between the two sublayers exists: it is the input of the
+    block's ``pre_mlp_norm`` (renamed ``pre_mlp_norm`` in traces), attention's
+    contribution is ``mid - x`` and the MLP's is ``out - mid``. The MLP reads a
+    residual that already contains this block's attention output.
+
+``"parallel"`` (GPT-NeoX with ``use_parallel_residual``, GPT-J; no row yet)
+    ``out = x + attn(norm_1(x)) + mlp(pre_mlp_norm(x))``: both sublayers read the
+    block input ``x``. There is NO resid_mid: the input of ``pre_mlp_norm`` is
+    the block input, so reading it as "the residual after attention" would
+    silently attribute nothing to attention. ``rename_table()`` therefore leaves
+    the ``pre_mlp_norm`` alias out for parallel specs (such a read fails loudly),
+    and code that needs resid_mid calls ``require_sequential``. What holds in
+    both topologies: block input and output (the residual slots), attention and
+    MLP outputs as separate contributions (``out - x`` is their sum), the MLP's
+    neurons and weights (``mlp_weights``, ``mlp_norm_scales``: ``pre_mlp_norm``
+    is the norm whose output the MLP reads), the final norm and unembedding.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import torch
 
 from workbench.errors import UnsupportedArchitecture
 
+RESIDUAL_TOPOLOGIES = ("sequential", "parallel")
+
+# Config roles: what ``config_value`` can read, with what each means. Required roles must be named
+# by every spec; an optional role may name nothing, and an absent field then gives its fallback.
+CONFIG_ROLES: Mapping[str, str] = MappingProxyType({
+    "d_model": "the residual stream width",
+    "n_layers": "the number of blocks",
+    "n_heads": "the number of attention (query) heads",
+    "n_kv_heads": "the number of key/value heads (grouped-query attention)",
+    "vocab_size": "the vocabulary size",
+    "max_positions": "the longest sequence the position encoding covers",
+    "tied_embeddings": "whether the unembedding shares the embedding matrix",
+})
+_FALLBACK_ROLE = {"n_kv_heads": "n_heads"}  # absent: no grouped-query attention, one KV head per head
+_DEFAULTS: Mapping[str, Any] = {"max_positions": None, "tied_embeddings": False}
+_OPTIONAL_ROLES = frozenset(_FALLBACK_ROLE) | frozenset(_DEFAULTS)
+
+# The HF config names of the Llama-like families (Llama, Mistral, Qwen2/3, Gemma 3), role -> names
+# tried in order (the first one present wins).
+LLAMA_CONFIG_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "d_model": ("hidden_size",),
+    "n_layers": ("num_hidden_layers",),
+    "n_heads": ("num_attention_heads",),
+    "n_kv_heads": ("num_key_value_heads",),
+    "vocab_size": ("vocab_size",),
+    "max_positions": ("max_position_embeddings",),
+    "tied_embeddings": ("tie_word_embeddings",),
+})
+
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """Where one architecture family keeps its parts (paths relative to the HF model)."""
+    """Where one architecture family keeps its parts (paths relative to the HF model) and its sizes."""
 
     family: str
     model_types: tuple[str, ...]
+    residual: str  # "sequential" or "parallel": see the module docstring for what each lets analyses assume
     embed: str
     layers: str
     final_norm: str
@@ -41,19 +97,66 @@ class ArchitectureSpec:
     mlp_out: str  # relative to the mlp: down / output projection
     mlp_gate: str | None  # relative to the mlp; None for non-gated MLPs
     block_norms: tuple[str, ...]  # norms inside a block, in execution order
-    pre_mlp_norm: str  # the block norm whose input is the residual after attention ("resid_mid")
+    # The block norm whose output the MLP reads; in a sequential block its input is "resid_mid",
+    # the residual after attention (in a parallel block it reads the block input).
+    pre_mlp_norm: str
+    # role (CONFIG_ROLES) -> config attribute names, tried in order; read with ``config_value``
+    config_names: Mapping[str, tuple[str, ...]] = field(hash=False)
+    # attribute of a multimodal config holding the text model's config: read instead of the top level
+    # when the config has it; None: always the top level
+    config_section: str | None = "text_config"
     logit_softcap_attr: str | None = None  # config attribute holding a final logit soft-cap
     mlp_post_norm: str | None = None  # block norm applied to the MLP output before the residual add
     norm_weight_offset: float = 0.0  # a norm multiplies by (offset + weight): Gemma uses 1 + weight
     mlp_act: str = "act_fn"  # relative to the mlp: the elementwise activation module (RelP identity rule)
     attn_out: str = "o_proj"  # relative to the attn: output projection, its input is the per-head outputs
 
+    def __post_init__(self) -> None:
+        row = f"The ArchitectureSpec row '{self.family}' in workbench/models/adapter.py"
+        if self.residual not in RESIDUAL_TOPOLOGIES:
+            raise UnsupportedArchitecture(
+                f"{row} has residual={self.residual!r}; it must be one of "
+                f"{', '.join(map(repr, RESIDUAL_TOPOLOGIES))} (attention then MLP, or both reading the block input)."
+            )
+        unknown = sorted(set(self.config_names) - set(CONFIG_ROLES))
+        if unknown:
+            raise UnsupportedArchitecture(
+                f"{row} has unknown config roles {', '.join(unknown)} in config_names "
+                f"(known: {', '.join(CONFIG_ROLES)})."
+            )
+        unnamed = [role for role in CONFIG_ROLES if role not in _OPTIONAL_ROLES and not self.config_names.get(role)]
+        if unnamed:
+            raise UnsupportedArchitecture(f"{row} has no config field names for {', '.join(unnamed)}.")
+        object.__setattr__(self, "config_names", MappingProxyType(dict(self.config_names)))
+
     @property
     def gated(self) -> bool:
         return self.mlp_gate is not None
 
+    @property
+    def sequential(self) -> bool:
+        """Attention then MLP: a residual state between them ("resid_mid") exists."""
+        return self.residual == "sequential"
+
+    @property
+    def parallel(self) -> bool:
+        """Attention and MLP both read the block input; no resid_mid."""
+        return self.residual == "parallel"
+
+    def require_sequential(self, what: str) -> None:
+        """Raise UnsupportedArchitecture unless blocks are sequential (``what`` needs resid_mid)."""
+        if not self.sequential:
+            raise UnsupportedArchitecture(
+                f"{what} needs the residual between attention and MLP (resid_mid), which '{self.family}' "
+                f"blocks do not have: their residual is {self.residual} (attention and MLP both read the "
+                "block input)."
+            )
+
     def rename_table(self) -> dict[str, str]:
-        """nnsight ``rename=`` mapping from real module paths to the shared vocabulary."""
+        """nnsight ``rename=`` mapping from real module paths to the shared vocabulary.
+
+        ``pre_mlp_norm`` (whose input is read as resid_mid) is aliased for sequential blocks only.
+        """
         table = {
             self.embed: "embed",
             self.layers: "layers",
@@ -64,7 +167,8 @@ class ArchitectureSpec:
             table[self.attn] = "attn"
         if self.mlp != "mlp":
             table[self.mlp] = "mlp"
-        table[self.pre_mlp_norm] = "pre_mlp_norm"
+        if self.sequential:
+            table[self.pre_mlp_norm] = "pre_mlp_norm"
         return table
 
     def required_paths(self) -> dict[str, str]:
@@ -97,12 +201,14 @@ _LLAMA_LIKE = dict(
     mlp_in="up_proj",
     mlp_out="down_proj",
     mlp_gate="gate_proj",
+    config_names=LLAMA_CONFIG_NAMES,
 )
 
 ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
     ArchitectureSpec(
         family="llama",
         model_types=("llama", "mistral", "qwen2", "qwen3"),
+        residual="sequential",
         block_norms=("input_layernorm", "post_attention_layernorm"),
         pre_mlp_norm="post_attention_layernorm",
         **_LLAMA_LIKE,
@@ -110,6 +216,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
     ArchitectureSpec(
         family="gemma3",
         model_types=("gemma3_text", "gemma3"),
+        residual="sequential",
         block_norms=(
             "input_layernorm",
             "post_attention_layernorm",
@@ -125,6 +232,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
     ArchitectureSpec(
         family="gpt2",
         model_types=("gpt2",),
+        residual="sequential",
         embed="transformer.wte",
         layers="transformer.h",
         final_norm="transformer.ln_f",
@@ -136,6 +244,15 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         mlp_gate=None,
         block_norms=("ln_1", "ln_2"),
         pre_mlp_norm="ln_2",
+        config_names={
+            "d_model": ("n_embd",),
+            "n_layers": ("n_layer",),
+            "n_heads": ("n_head",),
+            "n_kv_heads": (),  # no grouped-query attention: as many KV heads as heads
+            "vocab_size": ("vocab_size",),
+            "max_positions": ("n_positions",),
+            "tied_embeddings": ("tie_word_embeddings",),
+        },
         mlp_act="act",
         attn_out="c_proj",
     ),
@@ -155,6 +272,42 @@ def spec_for_model_type(model_type: str) -> ArchitectureSpec:
         f"Architecture '{model_type}' is not supported yet. Supported model types: "
         f"{', '.join(supported_model_types())}. To add one, add an ArchitectureSpec row "
         "to workbench/models/adapter.py naming its layers, attention, MLP and norms."
+    )
+
+
+def config_section(spec: ArchitectureSpec, config: object) -> object:
+    """The part of ``config`` that holds the text model's fields: ``text_config`` of a multimodal
+    config (as the spec names it), else the config itself."""
+    section = getattr(config, spec.config_section, None) if spec.config_section else None
+    return section or config
+
+
+def config_value(spec: ArchitectureSpec, config: object, role: str) -> Any:
+    """The value of ``role`` (a key of ``CONFIG_ROLES``: ``"d_model"``, ``"n_heads"``, ...) in a HF config.
+
+    Tries the spec's names for the role in order, in ``config_section``; the first field that is
+    present and not None wins. An absent optional role gives its fallback (``n_kv_heads``: the head
+    count; ``max_positions``: None; ``tied_embeddings``: False); an absent required one raises
+    ``UnsupportedArchitecture`` naming the field and the file to edit.
+    """
+    if role not in CONFIG_ROLES:
+        raise ValueError(f"Unknown config role {role!r}; known roles: {', '.join(CONFIG_ROLES)}.")
+    section = config_section(spec, config)
+    names = spec.config_names.get(role, ())
+    for name in names:
+        value = getattr(section, name, None)
+        if value is not None:
+            return value
+    if role in _FALLBACK_ROLE:
+        return config_value(spec, config, _FALLBACK_ROLE[role])
+    if role in _DEFAULTS:
+        return _DEFAULTS[role]
+    model_type = getattr(config, "model_type", None) or "unknown"
+    where = f"config.{spec.config_section}" if section is not config else "config"
+    raise UnsupportedArchitecture(
+        f"The '{model_type}' config has no {' or '.join(names)} ({where}), which the '{spec.family}' family "
+        f"reads for {role} ({CONFIG_ROLES[role]}). If this model names it differently, add that name to "
+        f"config_names['{role}'] of its ArchitectureSpec row in workbench/models/adapter.py."
     )
 
 

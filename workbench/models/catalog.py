@@ -8,6 +8,9 @@ HuggingFace directory (safetensors + tokenizer) under ``cache/models``:
 * any local HuggingFace model directory;
 * any hub id, downloaded only when the user allows it (``LAYERLENS_ALLOW_HUB=1``).
 
+It also owns ``hub_guard``: huggingface_hub offline while a model is materialised
+or loaded, unless ``Settings.hub_allowed`` (hub downloads or remote runs allowed).
+
 ``resolve(name)`` turns what the user typed into a ``CatalogEntry``;
 ``materialize(entry)`` returns a ``LocalModel`` (directory + content digest)
 without loading weights into memory, so cached results can be found by digest
@@ -23,6 +26,7 @@ import importlib.util
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -155,6 +159,11 @@ def shown_name(name: str, limit: int = 120) -> str:
 
 def materialize(entry: CatalogEntry, settings: Settings, progress: Progress = _silent) -> LocalModel:
     """Make sure the entry exists as a local HF directory and return it with its digest."""
+    with hub_guard(settings):
+        return _materialize(entry, settings, progress)
+
+
+def _materialize(entry: CatalogEntry, settings: Settings, progress: Progress) -> LocalModel:
     source = entry.source
     if isinstance(source, HubRepo) and settings.remote:
         return _remote_model(entry, source, settings, progress)
@@ -166,6 +175,60 @@ def materialize(entry: CatalogEntry, settings: Settings, progress: Progress = _s
         path = _download(source, settings, progress)
         digest = directory_digest(path)
     return LocalModel(name=entry.name, path=path, digest=digest, note=entry.note)
+
+
+# --------------------------------------------------------------------------- hub access
+
+
+class _HubOfflineSwitch:
+    """huggingface_hub's offline switch, held on while any guard is open (nested and concurrent
+    guards count), then put back as it was.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` once, when it is imported, into
+    ``huggingface_hub.constants.HF_HUB_OFFLINE``; every request it makes (file lookups, and the
+    metadata it fetches on its own) checks that flag at call time, and transformers' loaders do too
+    (``is_offline_mode()``). Setting the flag is what ``HF_HUB_OFFLINE=1`` did, scoped to a block.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+        self._before = False
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        from huggingface_hub import constants
+
+        with self._lock:
+            if self._open == 0:
+                self._before = constants.HF_HUB_OFFLINE
+                constants.HF_HUB_OFFLINE = True
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+                if self._open == 0:
+                    constants.HF_HUB_OFFLINE = self._before
+
+
+_HUB_OFFLINE = _HubOfflineSwitch()
+
+
+@contextlib.contextmanager
+def hub_guard(settings: Settings) -> Iterator[None]:
+    """Within the block, HuggingFace loading is offline unless ``settings.hub_allowed``.
+
+    A missing local path must never become a hub lookup, unless the user allowed the hub: downloads
+    (``allow_hub``) or remote runs, which read hub configs but never weights (``remote``). While an
+    offline guard is open in one thread, loads in other threads are offline too (offline wins).
+    """
+    if settings.hub_allowed:
+        yield
+        return
+    with _HUB_OFFLINE.hold():
+        yield
 
 
 # --------------------------------------------------------------------------- bundled GGUF

@@ -4,12 +4,14 @@ Owns ``LoadedModel``: the nnsight model, its tokenizer, its ``ArchitectureSpec``
 its shape facts (``ModelInfo``), its content digest and the lock that
 serialises every trace on it (nnsight traces on one model from several threads
 break). Loading validates the architecture against the adapter, so an
-unsupported model fails here with a message naming what is missing.
+unsupported model fails here with a message naming what is missing. Shape
+facts are read from the config by role through the adapter (no config field
+names here). Nothing here reads the environment: whether loading may reach the
+hub comes from ``Settings`` when ``load`` runs (``catalog.hub_guard``).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 
@@ -18,13 +20,8 @@ import torch
 from workbench.config import Settings
 from workbench.errors import ModelLoadError, RemoteUnsupported, UnsupportedArchitecture
 from workbench.models import adapter
-from workbench.models.catalog import LocalModel
+from workbench.models.catalog import LocalModel, hub_guard
 from workbench.remote import RemoteTarget, meta_model
-
-# A missing local path must never become a hub lookup, unless the user allowed the hub: downloads
-# (LAYERLENS_ALLOW_HUB=1) or remote runs, which read hub configs but never weights (LAYERLENS_REMOTE=1).
-if "1" not in (os.environ.get("LAYERLENS_REMOTE", "0"), os.environ.get("LAYERLENS_ALLOW_HUB", "0")):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # transformers' loading flips process-global switches (weight init, tying); two loads in two
 # threads at once leave them wrong and later models come back with untied, random lm_heads.
@@ -85,17 +82,20 @@ class LoadedModel:
 
 
 def _model_info(config, spec: adapter.ArchitectureSpec, n_layers: int) -> ModelInfo:
-    text = getattr(config, "text_config", None) or config
-    n_heads = getattr(text, "num_attention_heads", None) or text.n_head
+    """Shape facts from the config, each read by role through the adapter; ``n_layers`` counts the blocks."""
+
+    def read(role: str):
+        return adapter.config_value(spec, config, role)
+
     return ModelInfo(
         model_type=config.model_type,
         family=spec.family,
         n_layers=n_layers,
-        d_model=getattr(text, "hidden_size", None) or text.n_embd,
-        n_heads=n_heads,
-        n_kv_heads=getattr(text, "num_key_value_heads", None) or n_heads,
-        vocab_size=text.vocab_size,
-        max_positions=getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None),
+        d_model=read("d_model"),
+        n_heads=read("n_heads"),
+        n_kv_heads=read("n_kv_heads"),
+        vocab_size=read("vocab_size"),
+        max_positions=read("max_positions"),
         logit_softcap=adapter.logit_softcap(spec, config),
     )
 
@@ -110,9 +110,18 @@ def _read_model_type(local: LocalModel) -> str:
 
 
 def load(local: LocalModel, settings: Settings) -> LoadedModel:
-    """Load the model in ``local`` for tracing, on the configured device, eager attention."""
-    if local.remote is not None:
-        return _load_remote(local)
+    """Load the model in ``local`` for tracing, on the configured device, eager attention.
+
+    The hub stays offline while loading unless ``settings`` allow it (``catalog.hub_guard``), so a
+    missing local path never turns into a hub lookup.
+    """
+    with hub_guard(settings):
+        if local.remote is not None:
+            return _load_remote(local)
+        return _load_local(local, settings)
+
+
+def _load_local(local: LocalModel, settings: Settings) -> LoadedModel:
     from nnsight import TransformersModel
 
     spec = adapter.spec_for_model_type(_read_model_type(local))
@@ -159,8 +168,7 @@ def _loaded(local: LocalModel, lm, spec: adapter.ArchitectureSpec) -> LoadedMode
 
 def _check_tied_unembedding(hf_model: torch.nn.Module, spec: adapter.ArchitectureSpec, local: LocalModel) -> None:
     """A model with tied embeddings must decode with its embedding matrix, not a random lm_head."""
-    text = getattr(hf_model.config, "text_config", None) or hf_model.config
-    if not getattr(text, "tie_word_embeddings", False):
+    if not adapter.config_value(spec, hf_model.config, "tied_embeddings"):
         return
     embed = hf_model.get_submodule(spec.embed).weight
     unembed = hf_model.get_submodule(spec.unembed).weight
