@@ -57,9 +57,9 @@ def test_figures_render_and_export_on_a_tiny_model(name, workbench, tiny_dirs):
     style = export.paper_style("single column")
     for figure in analysis.figures:
         fig = analysis.figure(figure, result)
-        assert fig.data, (name, figure)
+        assert fig.data or fig.layout.annotations, (name, figure)  # drawn, or it says why it is empty
         data = export.figure_data(export.styled(fig, style))
-        assert len(data) > 0, (name, figure)
+        assert len(data) > 0 or not fig.data, (name, figure)  # every plotted value is in the CSV
         spec = export.spec_of(name, figure, model, request)
         bundle = export.make_bundle(workbench, spec, style, formats=())  # no browser needed for the data
         assert bundle.manifest["sources"][0]["analysis"] == name

@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
+from tests.analysis_examples import examples
 from workbench import cli, export, registry, summaries
 from workbench.analyses import request_digest
 from workbench.analyses.attention_sinks import SinkProbeRequest
@@ -355,23 +356,7 @@ def _hex(colour: str) -> str:
 def test_every_registered_figure_uses_a_colour_blind_safe_palette(workbench, tiny_dirs):
     import plotly.colors
 
-    from workbench import concept_datasets
-    from workbench.analyses.depth_use import DepthUseRequest
-    from workbench.analyses.latent_language import LatentLanguageRequest
-    from workbench.analyses.neuron_effect import NeuronEffectRequest
-    from workbench.analyses.neuron_vocab import NeuronVocabRequest
-    from workbench.analyses.patching_faithfulness import FaithfulnessRequest
-
-    factual = concept_datasets.builtin("factual").subset(40)
-    requests = {
-        "logit_lens": LogitLensRequest(PROMPT, " Paris"), "depth_use": DepthUseRequest(PROMPT),
-        "attention_sinks": SinkProbeRequest(prompt=PROMPT), "sink_levels": SinkLevelsRequest(
-            prompts=(PROMPT, "one two three four")), "neuron_classes": NeuronClassRequest(),
-        "neuron_vocab": NeuronVocabRequest(1, 3), "neuron_effect": NeuronEffectRequest(PROMPT, 1, 3, factor=2.0),
-        "patching": PatchingRequest(*PAIR), "patching_faithfulness": FaithfulnessRequest(n_pairs=2),
-        "concept_depth": ConceptDepthRequest(factual.name, factual.texts, factual.labels),
-        "latent_language": LatentLanguageRequest(task="repetition", max_prompts=3),
-    }
+    requests = examples()
     assert set(requests) == set(registry.ENTRIES)  # a new analysis must be added here
     allowed = {c.lower() for c in export.OKABE_ITO} | NEUTRALS
     known_scales = [plotly.colors.get_colorscale(name) for name in ALLOWED_SCALES]
@@ -379,7 +364,7 @@ def test_every_registered_figure_uses_a_colour_blind_safe_palette(workbench, tin
     for name, request in requests.items():
         entry = registry.entry(name)
         try:
-            result = entry.run(workbench, str(tiny_dirs["llama"]), request)
+            result = workbench.run(entry, str(tiny_dirs["llama"]), request)
         except BadRequest as exc:  # e.g. no single-token words for the tiny tokenizer
             assert name == "latent_language", (name, exc)
             continue

@@ -34,7 +34,7 @@ def test_tuned_lens_page_trains_and_compares(app, tiny_dirs):
     at.number_input(key="tl_steps").set_value(3)
     at.button(key="tl_start").click().run()
     assert not at.exception and not at.error
-    trainer = next(iter(ui._workbench()._trainers.values()))
+    trainer = next(iter(ui._workbench().runtime.trainers._trainers.values()))
     deadline = time.monotonic() + 120
     while trainer.status().state == "running" and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -61,7 +61,7 @@ def test_tuned_lens_compare_before_training_is_a_clear_error(app, tiny_dirs):
 def _stop_trainers():
     yield
     try:
-        for trainer in ui._workbench()._trainers.values():
+        for trainer in ui._workbench().runtime.trainers._trainers.values():
             trainer.stop()
     except Exception:
         pass

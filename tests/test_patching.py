@@ -234,7 +234,7 @@ def test_faithfulness_scoreboard(workbench, tiny_dirs):
 
 
 def test_scoreboard_figures(workbench, tiny_dirs):
-    from workbench.figures import patching as figures
+    from workbench.figures import patching_faithfulness as figures
 
     result = workbench.patching_faithfulness(str(tiny_dirs["qwen2"]), FaithfulnessRequest(n_pairs=2, heads=False))
     table = figures.correlation_table(result, "pearson")

@@ -14,9 +14,9 @@ equal the local frame's, and the results are bit-identical.
 from __future__ import annotations
 
 import ast
-import inspect
 import dataclasses
 import http.server
+import inspect
 import json
 import linecache
 import shutil

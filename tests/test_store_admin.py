@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,8 @@ def test_model_request_and_code_version_each_change_the_key(workbench, tiny_dirs
     assert not same_result(workbench.logit_lens(str(other), request), first)
     assert len(counted_compute) == 3
 
-    monkeypatch.setattr(logit_lens, "VERSION", logit_lens.VERSION + 1)  # analysis code changed
+    newer = dataclasses.replace(logit_lens.ANALYSIS, version=logit_lens.VERSION + 1)  # analysis code changed
+    monkeypatch.setattr(logit_lens, "ANALYSIS", newer)
     assert same_result(workbench.logit_lens(name, request), first)  # recomputed; same numbers here
     assert len(counted_compute) == 4
     assert workbench.store.count_results("logit_lens") == 4

@@ -209,13 +209,13 @@ def features(model, request: ConceptDepthRequest, settings, activations, progres
         values = np.zeros((model.info.n_layers, len(sequences), model.info.d_model), np.float32)
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            progress(start / len(order), f"{request.task}: extracting representations, {start} of {len(order)} texts")
+            progress(start / len(order), f"Extracting representations ({request.task}): {start} of {len(order)} texts")
             values[:, rows] = tracing.last_token_states(model, [sequences[i] for i in rows], request.site).numpy()
         return values
 
     digest = hashlib.sha256(json.dumps(sequences).encode()).hexdigest()
     values = activations(f"concept_{request.site}", digest, extract)
-    progress(None, f"{request.task}: training the probes")
+    progress(None, f"Training the probes ({request.task})")
     return values
 
 

@@ -15,3 +15,10 @@ def display_token(token: str) -> str:
     if text.strip() == "":
         return "␣" * len(text) if text else "∅"
     return text
+
+
+def say_when_empty(fig, message: str):
+    """A figure with no trace says why in its middle, instead of showing empty axes."""
+    if not fig.data:
+        fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig

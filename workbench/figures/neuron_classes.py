@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from workbench.analyses.neuron_classes import CLASS_NAMES, NeuronClassResult
-from workbench.figures import LINE_COLORS
+from workbench.figures import LINE_COLORS, say_when_empty
 
 # Okabe-Ito (colour-blind safe) per typical class; an atypical class shares its typical
 # class's colour, hatched.
@@ -55,7 +55,7 @@ def class_fractions(result: NeuronClassResult, include_orthogonal: bool = True) 
         yaxis={"title": "share of the layer's neurons", "range": [0, 1] if include_orthogonal else None},
         height=430, legend={"traceorder": "normal"}, margin={"l": 60, "r": 20, "t": 60, "b": 50},
     )
-    return fig
+    return say_when_empty(fig, "Every neuron is in the orthogonal-output class: nothing else to show.")
 
 
 def cosine_distribution(result: NeuronClassResult) -> go.Figure:

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from workbench.analyses.sink_levels import SinkLevelsResult
-from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token
+from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token, say_when_empty
 from workbench.figures.attention_sinks import _int_axis, slot_labels
 
 
@@ -26,7 +26,7 @@ def onset_histogram(levels: SinkLevelsResult) -> go.Figure:
         height=360,
         margin={"l": 70, "r": 20, "t": 60, "b": 60},
     )
-    return fig
+    return say_when_empty(fig, "No sink token besides the first position in these prompts.")
 
 
 def lifetime_scatter(levels: SinkLevelsResult) -> go.Figure:
@@ -40,14 +40,14 @@ def lifetime_scatter(levels: SinkLevelsResult) -> go.Figure:
             levels.sink_alignment, levels.sink_mlp_norm, strict=True,
         )
     ]
-    fig = go.Figure(
-        go.Scatter(
+    fig = go.Figure()
+    if len(levels.sink_onset):
+        fig.add_trace(go.Scatter(
             x=levels.sink_onset, y=levels.sink_lifetime, mode="markers", customdata=hover,
             marker={"color": levels.sink_alignment, "colorscale": SEQUENTIAL, "cmin": -1.0, "cmax": 1.0,
                     "colorbar": {"title": {"text": "MLP cos"}}, "size": 9},
             hovertemplate="%{customdata}<extra></extra>",
-        )
-    )
+        ))
     slots = len(levels.onset_counts)
     fig.update_layout(
         title="Sink tokens (all kinds): onset vs lifetime",
@@ -56,7 +56,7 @@ def lifetime_scatter(levels: SinkLevelsResult) -> go.Figure:
         height=360,
         margin={"l": 70, "r": 20, "t": 60, "b": 60},
     )
-    return fig
+    return say_when_empty(fig, "No sink token besides the first position in these prompts.")
 
 
 FIGURES = {"onset_histogram": onset_histogram, "lifetime_scatter": lifetime_scatter}
