@@ -16,7 +16,7 @@ from workbench.analyses import neuron_classes as neurons
 from workbench.analyses import neuron_contexts, neuron_effect, neuron_vocab
 from workbench.analyses.neuron_classes import CLASS_ID, NeuronClassRequest
 from workbench.errors import BadPrompt, BadRequest
-from workbench.models import adapter
+from workbench.models import parts
 from workbench.store import codec
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
@@ -66,7 +66,7 @@ def _hand_built_rows(d: int, seed: int = 0):
 
 def test_hand_built_weights_get_every_class():
     gate, w_in, w_out = _hand_built_rows(48)
-    cos = neurons.layer_cosines(adapter.MlpWeights(gate, w_in, w_out))
+    cos = neurons.layer_cosines(parts.MlpWeights(gate, w_in, w_out))
     got = [neurons.CLASS_NAMES[i] for i in cos.class_ids.tolist()]
     assert got == list(HAND_BUILT)
     assert set(got) == set(neurons.CLASS_NAMES)  # each class appears
@@ -79,7 +79,7 @@ def test_non_gated_classes():
     basis = _random_basis(32, 3)
     w_in = torch.stack([basis[0], basis[0], basis[0]])
     w_out = torch.stack([2 * basis[0], -0.5 * basis[0], basis[1]])
-    cos = neurons.layer_cosines(adapter.MlpWeights(None, w_in, w_out))
+    cos = neurons.layer_cosines(parts.MlpWeights(None, w_in, w_out))
     assert cos.class_ids.tolist() == [CLASS_ID["enrichment"], CLASS_ID["depletion"], CLASS_ID["orthogonal output"]]
 
 
@@ -96,7 +96,7 @@ def test_hand_built_neurons_in_a_model(workbench, tiny_dirs, arch, tmp_path):
     directory = build_model_dir(arch, tmp_path / arch)
     model = workbench.model(str(directory))
     gate, w_in, w_out = _hand_built_rows(D, seed=5)
-    views = adapter.mlp_weights(model.spec, model.hf_model, 1)
+    views = parts.mlp_weights(model.spec, model.hf_model, 1)
     with torch.no_grad():
         views.w_gate[: len(HAND_BUILT)] = gate
         views.w_in[: len(HAND_BUILT)] = w_in
@@ -114,7 +114,7 @@ def test_gpt2_conv1d_orientation(workbench, tiny_dirs, tmp_path):
 
     directory = build_model_dir("gpt2", tmp_path / "gpt2")
     model = workbench.model(str(directory))
-    views = adapter.mlp_weights(model.spec, model.hf_model, 0)
+    views = parts.mlp_weights(model.spec, model.hf_model, 0)
     assert views.w_gate is None and views.w_in.shape == views.w_out.shape == (4 * D, D)
     direction = _random_basis(D, 9)
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_sign_normalisation_keeps_the_mlp_function(workbench, tiny_dirs, arch):
     unchanged for SiLU and gelu-tanh; flipping w_gate and w_in together would not."""
     model = workbench.model(str(tiny_dirs[arch]))
     mlp = model.hf_model.get_submodule(f"{model.spec.layers}.1.{model.spec.mlp}")
-    views = adapter.mlp_weights(model.spec, model.hf_model, 1)
+    views = parts.mlp_weights(model.spec, model.hf_model, 1)
     x = torch.randn(7, D, generator=torch.Generator().manual_seed(0))
     saved = [v.clone() for v in (views.w_gate, views.w_in, views.w_out)]
     try:
@@ -180,9 +180,9 @@ def test_fold_norm_changes_cosines_and_caches(workbench, tiny_dirs):
     assert not np.allclose(plain.cos_in_out, folded.cos_in_out)
     # folding by hand: the pre-MLP norm's scale (1 + weight for Gemma) on the in/gate columns
     model = workbench.model(name)
-    pre, _ = adapter.mlp_norm_scales(model.spec, model.hf_model, 0)
-    w = adapter.mlp_weights(model.spec, model.hf_model, 0)
-    expected = neurons.layer_cosines(adapter.MlpWeights(w.w_gate * pre, w.w_in * pre, w.w_out))
+    pre, _ = parts.mlp_norm_scales(model.spec, model.hf_model, 0)
+    w = parts.mlp_weights(model.spec, model.hf_model, 0)
+    expected = neurons.layer_cosines(parts.MlpWeights(w.w_gate * pre, w.w_in * pre, w.w_out))
     np.testing.assert_allclose(folded.cos_in_out[0], expected.cos_in_out.numpy(), atol=1e-6)
     again = workbench.neuron_classes(name, NeuronClassRequest(fold_norm=True))
     assert codec.same_result(again, folded)
@@ -204,8 +204,8 @@ def test_vocab_projection_and_token_search(workbench, tiny_dirs, tmp_path):
     directory = build_model_dir("llama", tmp_path / "llama")
     model = workbench.model(str(directory))
     paris = prompts.single_token_id(model, " Paris")
-    w_u = adapter.unembedding_matrix(model.spec, model.hf_model)
-    views = adapter.mlp_weights(model.spec, model.hf_model, 2)
+    w_u = parts.unembedding_matrix(model.spec, model.hf_model)
+    views = parts.mlp_weights(model.spec, model.hf_model, 2)
     with torch.no_grad():
         views.w_out[17] = w_u[paris] * 0.3
         views.w_gate[17] = views.w_in[17]  # cos(gate, in) = 1: no flip
@@ -340,7 +340,7 @@ def test_layer_cosines_equal_the_explicit_normalisation():
     """The fast path (unit rows, sign applied to the cosines) equals flipping the weights first."""
     gen = torch.Generator().manual_seed(4)
     gate, w_in, w_out = (torch.randn(300, 40, generator=gen) for _ in range(3))
-    fast = neurons.layer_cosines(adapter.MlpWeights(gate, w_in, w_out))
+    fast = neurons.layer_cosines(parts.MlpWeights(gate, w_in, w_out))
     flipped_in, flipped_out, flipped = neurons.sign_normalise(gate, w_in, w_out)
     assert torch.equal(fast.flipped, flipped)
     for got, a, b in [(fast.cos_in_out, flipped_in, flipped_out), (fast.cos_gate_out, gate, flipped_out),

@@ -85,7 +85,7 @@ def saved_status(path: Path) -> TrainingStatus:
 
 class LensTrainer:
     """Trains the translators of one model for one config; ``chunks`` are training token-id lists,
-    ``residuals(ids) -> (layer, seq, d_model)`` records the residual stream of one chunk."""
+    ``residuals(ids) -> (slot, seq, d_model)`` records the residual stream of one chunk."""
 
     def __init__(self, model, config: TunedLensConfig, path: Path, chunks: list[list[int]],
                  residuals: Callable[[torch.Tensor], torch.Tensor], checkpoint_every: int = 10):

@@ -22,7 +22,7 @@ import torch
 
 from workbench import remote
 from workbench.lenses import Unembed
-from workbench.models import adapter
+from workbench.models import parts
 from workbench.models.loader import LoadedModel
 
 
@@ -122,6 +122,7 @@ def sublayer_stream(model: LoadedModel, token_ids: torch.Tensor) -> SublayerTrac
     The middle state is the input of the block's pre-MLP norm (adapter ``pre_mlp_norm``), so each
     sublayer's contribution is a difference of residuals whatever extra norms the family has.
     """
+    model.spec.require_sequential("Recording the residual between attention and MLP")
     lm, n_layers = model.lm, model.info.n_layers
     with model.lock, torch.no_grad():
         with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
@@ -188,7 +189,7 @@ def mlp_activations(model: LoadedModel, token_ids: torch.Tensor) -> torch.Tensor
         with lm.trace(token_ids.to(model.device), logits_to_keep=1, **_trace_options(model)):
             acts = []
             for layer in range(n_layers):
-                acts.append(adapter.mlp_out_envoy(spec, lm.layers[layer].mlp).input)
+                acts.append(parts.mlp_out_envoy(spec, lm.layers[layer].mlp).input)
             nnsight.save(acts)
     return torch.stack([a.detach().float().cpu() for a in acts])
 
@@ -209,7 +210,7 @@ def scale_neuron(
     lm, spec = model.lm, model.spec
     with model.lock, torch.no_grad():
         with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
-            acts = adapter.mlp_out_envoy(spec, lm.layers[layer].mlp).input  # (1, seq, neurons)
+            acts = parts.mlp_out_envoy(spec, lm.layers[layer].mlp).input  # (1, seq, neurons)
             clean = nnsight.save(acts[0, :, neuron].clone())
             acts[:, :, neuron] = acts[:, :, neuron] * factor
             logits = nnsight.save(lm.output.logits[0, -1])
@@ -232,6 +233,7 @@ def attention_and_states(model: LoadedModel, token_ids: torch.Tensor) -> Attenti
     other implementations return no probabilities."""
     if token_ids.ndim != 1:
         raise ValueError("token_ids must be one sequence, shape (seq,)")
+    model.spec.require_sequential("Recording each MLP's write to the residual stream")
     lm, n_layers = model.lm, model.info.n_layers
     with model.lock, torch.no_grad():
         with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):

@@ -74,7 +74,7 @@ class SinkProbeResult:
     cos_threshold: float
     sink_scores: np.ndarray  # (n_layers, heads, seq) float32; NaN at the last position
     layer_sink_fraction: np.ndarray  # (n_layers, seq) float32: fraction of the layer's heads with alpha > eps
-    head_sink_fraction: np.ndarray  # (seq,) float32: fraction of all (layer, head) with alpha > eps
+    head_sink_fraction: np.ndarray  # (seq,) float32: fraction of all (block, head) with alpha > eps
     resid_norms: np.ndarray  # (n_layers + 1, seq) float32: ||h|| per residual slot
     cos_to_first: np.ndarray  # (n_layers + 1, seq) float32: cos(h_t, h_first) per residual slot
     jump_block: int  # block whose output raises the first token's norm most
@@ -118,7 +118,7 @@ class SinkProbeResult:
 
     @property
     def first_head_fraction(self) -> float:
-        """Fraction of (layer, head) whose sink score on the first position exceeds eps."""
+        """Fraction of (block, head) whose sink score on the first position exceeds eps."""
         return float(self.head_sink_fraction[0])
 
     @property

@@ -75,9 +75,9 @@ class ConceptDepthResult:
     model_name: str
     task: str
     site: str
-    accuracy: np.ndarray  # (layer,) test accuracy per block
-    f1: np.ndarray  # (layer,)
-    roc_auc: np.ndarray  # (layer,)
+    accuracy: np.ndarray  # (block,) test accuracy per block
+    f1: np.ndarray  # (block,)
+    roc_auc: np.ndarray  # (block,)
     depth_layer: int  # first block reaching fraction * max accuracy
     fraction: float
     noise_tokens: int
@@ -99,7 +99,7 @@ class ConceptDepthResult:
 
     @property
     def normalised_depth(self) -> np.ndarray:
-        """(layer,) ``(l + 1) / L``: the share of the model's blocks run at block ``l``."""
+        """(block,) ``(l + 1) / L``: the share of the model's blocks run at block ``l``."""
         return normalised_depth(self.n_layers)
 
     @property
@@ -154,10 +154,10 @@ def concept_depth_layer(accuracy: np.ndarray, fraction: float) -> int:
 def compute(
     model_name: str, features: np.ndarray, request: ConceptDepthRequest, progress=lambda f, m: None
 ) -> ConceptDepthResult:
-    """``features`` (layer, example, d_model): the last-token states of ``request.texts``."""
+    """``features`` (block, example, d_model): the last-token states of ``request.texts``."""
     labels = np.asarray(request.labels)
     if features.ndim != 3 or features.shape[1] != len(labels):
-        raise ValueError(f"features must be (layer, {len(labels)}, d_model), got {features.shape}")
+        raise ValueError(f"features must be (block, {len(labels)}, d_model), got {features.shape}")
     train, test = split_indices(labels, request.test_fraction, request.seed)
     metrics = []
     for layer in range(features.shape[0]):

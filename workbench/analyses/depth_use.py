@@ -41,12 +41,12 @@ class DepthUseRequest:
 class DepthUseResult:
     model_name: str
     tokens: np.ndarray  # (seq,) str
-    attn_rel_norm: np.ndarray  # (layer,) float32
-    mlp_rel_norm: np.ndarray  # (layer,)
-    attn_cos: np.ndarray  # (layer,)
-    mlp_cos: np.ndarray  # (layer,)
-    skip_kl_last: np.ndarray  # (layer,) nats, at the last position
-    skip_kl_mean: np.ndarray  # (layer,) nats, averaged over positions
+    attn_rel_norm: np.ndarray  # (block,) float32
+    mlp_rel_norm: np.ndarray  # (block,)
+    attn_cos: np.ndarray  # (block,)
+    mlp_cos: np.ndarray  # (block,)
+    skip_kl_last: np.ndarray  # (block,) nats, at the last position
+    skip_kl_mean: np.ndarray  # (block,) nats, averaged over positions
     skip_resid_change: np.ndarray  # (skipped layer, later layer) relative change; 0 where later <= skipped
     include_first_token: bool
 
@@ -69,7 +69,7 @@ def _positions(seq: int, include_first_token: bool) -> slice:
 
 
 def _mean_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> np.ndarray:
-    """Mean over positions of ||numerator|| / ||denominator|| for (layer, seq, d) tensors."""
+    """Mean over positions of ||numerator|| / ||denominator|| for (block, seq, d_model) tensors."""
     return (numerator.norm(dim=-1) / denominator.norm(dim=-1).clamp_min(1e-12)).mean(-1).numpy()
 
 
@@ -92,13 +92,13 @@ def compute(
     skipped_logits: torch.Tensor,
     request: DepthUseRequest,
 ) -> DepthUseResult:
-    """``skipped_resid`` (layer, layer + 1, seq, d) and ``skipped_logits`` (layer, seq, vocab):
+    """``skipped_resid`` (block, slot, seq, d_model) and ``skipped_logits`` (block, seq, vocab):
     row ``l`` skips block ``l`` (tracing.skip_layers with ``skipped = range(n_layers)``)."""
     pos = _positions(len(tokens), request.include_first_token)
     h_in, h_mid, h_out = (t[:, pos] for t in (clean.resid_in, clean.resid_mid, clean.resid_out))
     attn, mlp = h_mid - h_in, h_out - h_mid
     n_layers = h_in.shape[0]
-    kl = kl_from_logits(clean.logits.unsqueeze(0), skipped_logits)  # (layer, seq)
+    kl = kl_from_logits(clean.logits.unsqueeze(0), skipped_logits)  # (block, seq)
     change = np.zeros((n_layers, n_layers), np.float32)
     for skipped in range(n_layers):
         later = skipped_resid[skipped, skipped + 2 :, pos]  # block outputs after the skipped one

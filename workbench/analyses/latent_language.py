@@ -158,7 +158,7 @@ def compute(
     last_lens: Callable[[torch.Tensor, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]],
     progress: Callable[[float | None, str], None] = lambda f, m: None,
 ) -> LatentLanguageResult:
-    """``encode(text) -> ids``; ``last_lens(ids, (answer, pivot)) -> (probs (layer, 2), top1 (layer,))``:
+    """``encode(text) -> ids``; ``last_lens(ids, (answer, pivot)) -> (probs (slot, 2), top1 (slot,))``:
     the logit-lens probabilities of the two tokens at the last position of every residual slot
     (block-0 input, then every block output) and each slot's top-1 token (``last_position_lens``)."""
     usable, skipped = usable_prompts(request, lambda prefix, word: prompts.continuation_token_id(model, prefix, word))

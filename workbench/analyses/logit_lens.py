@@ -6,7 +6,7 @@ al. (2023), "Eliciting Latent Predictions from Transformers with the Tuned Lens"
 For each residual-stream slot ``h_l`` (the block-0 input, then every block's
 output) and each position: ``p_l = softmax(W_U · norm_f(h_l))`` through the
 model's own final norm and unembedding. At the last slot this is exactly the
-model's output distribution. Reported per (layer, position): the top-k tokens
+model's output distribution. Reported per (slot, position): the top-k tokens
 and probabilities, and ``KL(p_final || p_l)`` in nats; per layer, the rank
 (1 = top) and probability of an optional target token at the last position.
 

@@ -4,7 +4,7 @@ Gerstner & Schütze (2025), "Understanding Gated Neurons in Transformers from Th
 Input-Output Functionality". Definitions as in METHODS.md (Neurons).
 
 Per MLP neuron, from its weight rows (all (neurons, d_model), see
-``adapter.mlp_weights``): ``cos(w_in, w_out)`` and, for gated MLPs, ``cos(w_gate, w_out)``
+``parts.mlp_weights``): ``cos(w_in, w_out)`` and, for gated MLPs, ``cos(w_gate, w_out)``
 and ``cos(w_gate, w_in)``. Gated neurons are first sign-normalised: where
 ``cos(w_gate, w_in) < 0`` both ``w_in`` and ``w_out`` are negated, which leaves
 ``act(w_gate·x) * (w_in·x) * w_out`` unchanged for any activation (the two sign flips
@@ -45,7 +45,7 @@ from scipy import stats
 from workbench.analyses.base import Analysis
 from workbench.axes import LayerSummary, check_shapes
 from workbench.errors import BadRequest
-from workbench.models import adapter
+from workbench.models import parts
 from workbench.models.loader import LoadedModel
 
 NAME = "neuron_classes"
@@ -87,16 +87,16 @@ class NeuronClassResult:
     gated: bool
     d_model: int
     fold_norm: bool
-    cos_in_out: np.ndarray  # (layer, neurons) float32
-    cos_gate_out: np.ndarray  # (layer, neurons) float32 after sign normalisation; (0, 0) if not gated
-    cos_gate_in: np.ndarray  # (layer, neurons) float32, >= 0 after normalisation; (0, 0) if not gated
-    flipped: np.ndarray  # (layer, neurons) bool: w_in and w_out were negated; (0, 0) if not gated
-    class_ids: np.ndarray  # (layer, neurons) int8 indices into class_names
+    cos_in_out: np.ndarray  # (block, neuron) float32
+    cos_gate_out: np.ndarray  # (block, neuron) float32 after sign normalisation; (0, 0) if not gated
+    cos_gate_in: np.ndarray  # (block, neuron) float32, >= 0 after normalisation; (0, 0) if not gated
+    flipped: np.ndarray  # (block, neuron) bool: w_in and w_out were negated; (0, 0) if not gated
+    class_ids: np.ndarray  # (block, neuron) int8 indices into class_names
     class_names: np.ndarray  # (classes,) str
-    fractions: np.ndarray  # (layer, classes) float64: share of each class per layer, rows sum to 1
+    fractions: np.ndarray  # (block, class) float64: share of each class per layer, rows sum to 1
     null_band: np.ndarray  # (2,) float64: central null_coverage band of a random cosine in d_model dims
     null_coverage: float
-    outside_null: np.ndarray  # (layer,) float64: share of neurons with cos(in, out) outside the band
+    outside_null: np.ndarray  # (block,) float64: share of neurons with cos(in, out) outside the band
 
     def __post_init__(self):
         n_layer, n_neurons = self.cos_in_out.shape
@@ -168,7 +168,7 @@ def classify_plain(cos_in_out: torch.Tensor) -> torch.Tensor:
 
 
 def class_fractions(class_ids: np.ndarray) -> np.ndarray:
-    """(layer, classes) share of each class in each layer."""
+    """(block, class) share of each class in each layer."""
     n_layer, n_neurons = class_ids.shape
     counts = np.zeros((n_layer, len(CLASS_NAMES)))
     for layer in range(n_layer):
@@ -193,21 +193,21 @@ def null_cdf(d_model: int, cos: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- weights of a model
 
 
-def layer_weights(model: LoadedModel, layer: int, fold_norm: bool) -> adapter.MlpWeights:
+def layer_weights(model: LoadedModel, layer: int, fold_norm: bool) -> parts.MlpWeights:
     """Block ``layer``'s MLP rows in float32 on the CPU, norm scales folded in if asked.
 
     Without folding these may be views of the model's weights: read them, never write them.
     """
-    raw = adapter.mlp_weights(model.spec, model.hf_model, layer)
+    raw = parts.mlp_weights(model.spec, model.hf_model, layer)
     w_gate = raw.w_gate.float().cpu() if raw.w_gate is not None else None
     w_in, w_out = raw.w_in.float().cpu(), raw.w_out.float().cpu()
     if fold_norm:
-        pre, _post = adapter.mlp_norm_scales(model.spec, model.hf_model, layer)
+        pre, _post = parts.mlp_norm_scales(model.spec, model.hf_model, layer)
         if pre is not None:  # (numpy: the elementwise product is much faster than torch's on a busy CPU)
             scale = pre.cpu().numpy()[None, :]
             w_in = torch.from_numpy(w_in.detach().numpy() * scale)
             w_gate = torch.from_numpy(w_gate.detach().numpy() * scale) if w_gate is not None else None
-    return adapter.MlpWeights(w_gate=w_gate, w_in=w_in, w_out=w_out)
+    return parts.MlpWeights(w_gate=w_gate, w_in=w_in, w_out=w_out)
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ class LayerCosines:
     class_ids: torch.Tensor  # int8
 
 
-def layer_cosines(weights: adapter.MlpWeights) -> LayerCosines:
+def layer_cosines(weights: parts.MlpWeights) -> LayerCosines:
     """Cosines and classes of one layer's neurons (sign-normalised when gated)."""
     if weights.w_gate is None:
         cos_io = row_cosines(weights.w_in, weights.w_out)
@@ -287,7 +287,7 @@ def compute(
 
 
 def neurons_of_class(result: NeuronClassResult, class_name: str, layer: int | None = None, limit: int = 50):
-    """(layer, neuron, cos_in_out) rows of neurons in ``class_name``, strongest |cos(in,out)| first."""
+    """(block, neuron, cos_in_out) rows of neurons in ``class_name``, strongest |cos(in,out)| first."""
     if class_name not in CLASS_ID:
         raise BadRequest(f"Unknown neuron class {class_name!r}. Classes: {', '.join(CLASS_NAMES)}.")
     mask = result.class_ids == CLASS_ID[class_name]

@@ -8,7 +8,7 @@ the contexts that trigger them).
 The corpus (``workbench/data/corpus.txt``, written for this project) is tokenized as one
 stream and cut into chunks of ``chunk_tokens`` tokens, each prefixed with what the
 tokenizer puts before a text (Gemma's ``<bos>``, nothing for SmolLM2); the last partial
-chunk is dropped. Chunks run in batches; for every (layer, neuron) a running top-k of the
+chunk is dropped. Chunks run in batches; for every (block, neuron) a running top-k of the
 activation's magnitude (the input of the MLP's output projection; gated neurons fire with
 either sign, so the strongest contexts of both signs compete; the stored value keeps its
 raw sign, before any sign normalisation) keeps where it happened. The first position of
@@ -63,9 +63,9 @@ class NeuronContextsRequest:
 class NeuronContextsResult:
     model_name: str
     chunk_tokens: np.ndarray  # (chunks, chunk_len) str: each token of each chunk, decoded alone
-    top_values: np.ndarray  # (layer, neurons, k) float32, signed, by descending magnitude
-    top_chunk: np.ndarray  # (layer, neurons, k) int32: chunk of each top activation
-    top_position: np.ndarray  # (layer, neurons, k) int32: position within the chunk
+    top_values: np.ndarray  # (block, neuron, k) float32, signed, by descending magnitude
+    top_chunk: np.ndarray  # (block, neuron, k) int32: chunk of each top activation
+    top_position: np.ndarray  # (block, neuron, k) int32: position within the chunk
 
     def __post_init__(self):
         shape = self.top_values.shape
@@ -100,7 +100,7 @@ def corpus_chunks(model: LoadedModel, text: str, chunk_tokens: int) -> torch.Ten
 def update_top_k(
     values: torch.Tensor, where: torch.Tensor, acts: torch.Tensor, offset: int, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merge a batch of activations (layer, tokens, neurons) into the running (layer, k, neurons)
+    """Merge a batch of activations (block, token, neuron) into the running (block, k, neuron)
     top-k by magnitude ``values`` whose flat token indices are ``where``; new tokens are numbered
     from ``offset``."""
     n_tokens = acts.shape[1]
@@ -124,16 +124,16 @@ def compute(
     values = where = None
     for start in range(0, n_chunks, request.batch_size):
         batch = chunks[start : start + request.batch_size]
-        acts = tracing.mlp_activations(model, batch)  # (layer, batch, seq, neurons)
+        acts = tracing.mlp_activations(model, batch)  # (block, batch, seq, neuron)
         acts[:, :, :SKIPPED_POSITIONS] = 0.0  # never a top context: see SKIPPED_POSITIONS
-        acts = acts.reshape(acts.shape[0], -1, acts.shape[-1])  # (layer, tokens, neurons)
+        acts = acts.reshape(acts.shape[0], -1, acts.shape[-1])  # (block, token, neuron)
         if values is None:
             values = torch.full((acts.shape[0], 0, acts.shape[-1]), -torch.inf)
             where = torch.zeros((acts.shape[0], 0, acts.shape[-1]), dtype=torch.long)
         values, where = update_top_k(values, where, acts, start * chunk_len, request.top_k)
         done = min(start + request.batch_size, n_chunks)
         progress(done / n_chunks, f"Ran {done} of {n_chunks} corpus chunks")
-    where = where.transpose(1, 2).numpy()  # (layer, neurons, k)
+    where = where.transpose(1, 2).numpy()  # (block, neuron, k)
     tokens = np.array([prompts.token_strings(model, row) for row in chunks])
     return NeuronContextsResult(
         model_name=model.name,

@@ -22,7 +22,7 @@ from workbench import prompts
 from workbench.analyses import neuron_classes as neurons
 from workbench.analyses.base import Analysis
 from workbench.errors import BadRequest
-from workbench.models import adapter
+from workbench.models import parts
 from workbench.models.loader import LoadedModel
 
 NAME = "neuron_vocab"
@@ -74,7 +74,7 @@ class NeuronVocabResult:
 
 def check_neuron(model: LoadedModel, layer: int, neuron: int) -> None:
     """BadRequest naming the valid ranges when (layer, neuron) does not exist in ``model``."""
-    n_neurons = adapter.mlp_weights(model.spec, model.hf_model, 0).w_in.shape[0]
+    n_neurons = parts.mlp_weights(model.spec, model.hf_model, 0).w_in.shape[0]
     if not 0 <= layer < model.info.n_layers or not 0 <= neuron < n_neurons:
         raise BadRequest(
             f"{model.name} has layers 0..{model.info.n_layers - 1} and neurons 0..{n_neurons - 1} per layer; "
@@ -100,7 +100,7 @@ def compute(model: LoadedModel, request: NeuronVocabRequest) -> NeuronVocabResul
         sign = -1.0 if flipped else 1.0
         w_out = weights.w_out[request.neuron] * sign
         w_in = weights.w_in[request.neuron] * sign
-        w_u = adapter.unembedding_matrix(model.spec, model.hf_model).float().cpu()  # (vocab, d_model)
+        w_u = parts.unembedding_matrix(model.spec, model.hf_model).float().cpu()  # (vocab, d_model)
         out_top, out_top_v, out_bot, out_bot_v = _top_bottom(model, w_u @ w_out, request.top_k)
         in_top, in_top_v, in_bot, in_bot_v = _top_bottom(model, w_u @ w_in, request.top_k)
 
@@ -127,7 +127,7 @@ def search_by_token(model: LoadedModel, token_id: int, fold_norm: bool = False, 
     """(layer, neuron, cosine) of the neurons whose sign-normalised ``w_out`` is most aligned with
     the unembedding row of ``token_id``, over all layers, best first."""
     with torch.no_grad():
-        target = adapter.unembedding_matrix(model.spec, model.hf_model)[token_id].float().cpu()
+        target = parts.unembedding_matrix(model.spec, model.hf_model)[token_id].float().cpu()
         target = target / target.norm().clamp_min(1e-30)
         scores = []
         for layer in range(model.info.n_layers):
@@ -136,7 +136,7 @@ def search_by_token(model: LoadedModel, token_id: int, fold_norm: bool = False, 
             if weights.w_gate is not None:
                 _, w_out, _ = neurons.sign_normalise(weights.w_gate, weights.w_in, w_out)
             scores.append((w_out @ target) / w_out.norm(dim=-1).clamp_min(1e-30))
-        scores = torch.stack(scores)  # (layer, neurons)
+        scores = torch.stack(scores)  # (block, neuron)
         best = scores.flatten().topk(min(limit, scores.numel()))
     n_neurons = scores.shape[1]
     return [(int(i) // n_neurons, int(i) % n_neurons, float(v)) for v, i in zip(best.values, best.indices, strict=True)]

@@ -155,7 +155,7 @@ def compute(
 
 
 def _attribution(model, corrupted_ids, metric, sites, clean_acts, rules: Rules) -> dict[str, np.ndarray]:
-    """``sum_d grad * (clean - corrupted)`` per (layer, position), or per (layer, head)."""
+    """``sum_d grad * (clean - corrupted)`` per (block, position), or per (block, head)."""
     grad_pass = interventions.gradient_pass(model, corrupted_ids, metric, sites, rules)
     n_layers, n_heads = model.info.n_layers, model.info.n_heads
     scores = {}

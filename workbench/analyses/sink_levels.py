@@ -69,7 +69,7 @@ class SinkLevelsResult:
     model_name: str
     n_layers: int
     first_is_bos: bool
-    prompt_first_fraction: np.ndarray  # (prompts,) float32: fraction of (layer, head) sinking on position 0
+    prompt_first_fraction: np.ndarray  # (prompts,) float32: fraction of (block, head) sinking on position 0
     prompt_window: np.ndarray  # (prompts, 2) int64: BOS sink window, residual slots (start, end)
     prompt_secondary_count: np.ndarray  # (prompts,) int64
     sink_prompt: np.ndarray  # (sinks,) int64: index of the prompt

@@ -199,15 +199,15 @@ def spec_from_manifest(manifest: dict) -> FigureSpec:
     """The figure spec a bundle's manifest describes (requests rebuilt exactly)."""
     if manifest.get("format_version") != BUNDLE_VERSION:
         raise BadRequest(f"Bundle format version {manifest.get('format_version')} is not {BUNDLE_VERSION}.")
-    sources = tuple(  # older bundles may name an analysis by its former name: read back under today's
-        FigureSource(registry.entry(s["analysis"]).name, s["model"], registry.entry(s["analysis"]).request(s["request"]))
-        for s in manifest["sources"]
-    )
+    sources = []
+    for source in manifest["sources"]:  # an older bundle may use an analysis's former name: read back as today's
+        analysis = registry.entry(source["analysis"])
+        sources.append(FigureSource(analysis.name, source["model"], analysis.request(source["request"])))
     figure = manifest["figure"]
     if figure != OVERLAY:
         analysis, _, name = figure.partition(":")
         figure = f"{registry.entry(analysis).name}:{name}"
-    return FigureSpec(figure, sources, manifest.get("title", ""))
+    return FigureSpec(figure, tuple(sources), manifest.get("title", ""))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token
 
 
 def heatmap(result: LogitLensResult) -> go.Figure:
-    """Top-1 token of every (layer, position), coloured by its probability; hover shows top-k."""
+    """Top-1 token of every (slot, position), coloured by its probability; hover shows top-k."""
     n_rows, seq, k = result.top_ids.shape
     top_text = np.vectorize(display_token)(result.top_tokens)
     hover = np.empty((n_rows, seq), dtype=object)
