@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from workbench import export, registry
-from workbench.analyses import request_digest
+from workbench.analyses import request_digest, request_json
 from workbench.errors import BadRequest
 from workbench.models import catalog
 
@@ -57,8 +57,12 @@ def _list(_args) -> int:
         print(f"  figures: {', '.join(entry.figures)}")
         fields = []
         for f in dataclasses.fields(entry.Request):
-            has_default = f.default is not dataclasses.MISSING
-            fields.append(f"{f.name}={f.default!r}" if has_default else f"{f.name} (required)")
+            if f.default is not dataclasses.MISSING:
+                fields.append(f"{f.name}={f.default!r}")
+            elif f.default_factory is not dataclasses.MISSING:  # a nested request: its JSON fields
+                fields.append(f"{f.name}={json.loads(request_json(f.default_factory()))}")
+            else:
+                fields.append(f"{f.name} (required)")
         print(f"  request: {', '.join(fields)}")
     return 0
 
