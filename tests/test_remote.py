@@ -129,8 +129,9 @@ def _same_value(a, b) -> bool:
         return isinstance(b, torch.Tensor) and torch.equal(a, b)
     if hasattr(a, "_module"):  # an envoy: NDIF resolves its module by path (a persistent id)
         return a.path == b.path
-    if inspect.isfunction(a):  # an in-trace reduction travels as its code: the same function, rebuilt there
-        return inspect.isfunction(b) and a.__qualname__ == b.__qualname__ and a.__code__.co_code == b.__code__.co_code
+    if inspect.isfunction(a):  # an in-trace reduction travels as its source and is compiled again there
+        same = ("co_name", "co_argcount", "co_varnames", "co_names")
+        return inspect.isfunction(b) and all(getattr(a.__code__, k) == getattr(b.__code__, k) for k in same)
     return a == b
 
 
