@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.tiny_models import build_tokenizer
-from workbench import prompts, tracing
+from workbench import lenses, prompts, tracing
 from workbench.analyses import logit_lens
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.config import Settings
@@ -92,6 +92,27 @@ def test_lens_at_the_token_limit_keeps_one_slot_of_logits(wb, big_vocab_dir, mon
             f"peak RSS grew by {peak_increase / 2**20:.0f} MiB; all slots' logits are {all_at_once / 2**20:.0f} MiB"
         )
         print(f"peak RSS increase {peak_increase / 2**20:.0f} MiB vs {all_at_once / 2**20:.0f} MiB for all slots")
+
+
+@pytest.mark.parametrize("target", ["", WORD])
+def test_lens_at_the_token_limit_stays_within_its_decoding_budget(wb, big_vocab_dir, target):
+    """With or without a target token, the lens at 256 tokens holds at most its decoding budget of
+    (seq, vocab) arrays (``lenses.LENS_BUDGET_BYTES``, 256 MiB): nothing of a decoded chunk outlives it.
+    The allowance on top is for the trace itself (states, attention, the model's last-position logits)."""
+    name = str(big_vocab_dir)
+    wb.model(name)
+    per_array = LIMIT * VOCAB * 4  # one (seq, vocab) float32 array: 62.5 MiB here
+    assert lenses.lens_chunk_slots(LIMIT, VOCAB) == 1  # 2 * 1 + 2 arrays of 62.5 MiB fit 256 MiB
+    allowance = 48 << 20
+    if not _reset_peak_rss():
+        pytest.skip("peak RSS cannot be reset on this system")
+    baseline = _peak_rss_bytes()
+    result = wb.logit_lens(name, LogitLensRequest(WORD * LIMIT, target=target, top_k=3))
+    peak_increase = _peak_rss_bytes() - baseline
+    assert result.kl_to_final.shape == (N_LAYERS + 1, LIMIT) and (result.target_rank.size > 0) == bool(target)
+    print(f"target {target!r}: peak RSS increase {peak_increase / 2**20:.0f} MiB "
+          f"(budget {lenses.LENS_BUDGET_BYTES / 2**20:.0f} MiB, one array {per_array / 2**20:.1f} MiB)")
+    assert peak_increase <= lenses.LENS_BUDGET_BYTES + allowance
 
 
 def test_over_limit_prompt_is_refused_before_tracing(wb, big_vocab_dir, monkeypatch):

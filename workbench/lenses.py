@@ -122,10 +122,12 @@ def lens_logits(model, lens: Callable, resid: torch.Tensor, grad: bool = False) 
 
 
 def lens_chunk_slots(seq: int, vocab: int, budget_bytes: int = 0) -> int:
-    """How many residual slots to decode at once so their (slot, seq, vocab) float32 logits and
-    the few arrays derived from them (log-probs, KL's temporaries: about five in all) fit the budget."""
-    per_slot = max(1, seq * vocab * 4 * 5)
-    return max(1, (budget_bytes or LENS_BUDGET_BYTES) // per_slot)
+    """How many residual slots ``logit_lens_statistics`` decodes at once so that what it holds fits
+    the budget: a chunk's logits and log-probabilities (while ``log_softmax`` runs), plus the final
+    distribution's log-probabilities and probabilities: ``2 * chunk + 2`` (seq, vocab) float32 arrays."""
+    per_array = max(1, seq * vocab * 4)
+    arrays = (budget_bytes or LENS_BUDGET_BYTES) // per_array
+    return max(1, (arrays - 2) // 2)
 
 
 def logit_lens_statistics(unembed: Unembed, states: list, k: int, target_id: int | None, chunk: int) -> dict:
@@ -133,22 +135,35 @@ def logit_lens_statistics(unembed: Unembed, states: list, k: int, target_id: int
     last chunk first (so the final distribution is that very decode and KL(final || final) is
     exactly 0), and reduce each chunk to its top-k, KL to the final distribution and the target's
     log-probability and rank at the last position. Called inside a trace: only these lists of
-    small tensors (last chunk first) need to leave it."""
+    small tensors (last chunk first) need to leave it.
+
+    Memory (``lens_chunk_slots``): at most a chunk's logits and log-probabilities, the final
+    log-probabilities and probabilities, and one (seq, vocab) buffer for the KL of one slot at a
+    time; nothing of a chunk outlives it (the target is copied out, not viewed)."""
     out = {"top_ids": [], "top_logprobs": [], "kl": [], "target_logprob": [], "target_rank": []}
-    final = None
+    final = p_final = None
     for end in range(len(states), 0, -chunk):
         logprobs = torch.log_softmax(unembed(torch.cat(states[max(0, end - chunk):end])), dim=-1)  # (slot, seq, vocab)
         if final is None:
-            final = logprobs[-1]
+            final = logprobs[-1] if logprobs.shape[0] == 1 else logprobs[-1].clone()  # (seq, vocab)
+            p_final = final.exp()
         top = logprobs.topk(k, dim=-1)
         out["top_ids"].append(top.indices)
         out["top_logprobs"].append(top.values)
-        out["kl"].append(kl_divergence(final, logprobs))
+        buffer = torch.empty_like(final)
+        kls = []
+        for slot in range(logprobs.shape[0]):  # KL(final || slot) = sum p_final (log p_final - log q), one slot at a time
+            torch.sub(final, logprobs[slot], out=buffer)
+            kls.append(buffer.mul_(p_final).sum(-1).clamp_min(0.0))
+        del buffer
+        out["kl"].append(torch.stack(kls))
         if target_id is not None:
             last = logprobs[:, -1]  # (slot, vocab)
-            target = last[:, target_id]
+            target = last[:, target_id].clone()
             out["target_logprob"].append(target)
             out["target_rank"].append((last > target[:, None]).sum(-1) + 1)
+            del last  # a view: it would keep the chunk's log-probabilities alive into the next chunk
+        del logprobs, top
     return out
 
 

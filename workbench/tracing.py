@@ -77,7 +77,8 @@ def reduce_slots(model: LoadedModel, token_ids: torch.Tensor, reduce, *args, las
         raise ValueError("token_ids must be one sequence, shape (seq,)")
     lm, n_layers, cap = model.lm, model.info.n_layers, model.info.logit_softcap
     with model.lock, torch.no_grad():
-        with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
+        # the model's own logits are not needed (every slot is decoded by ``reduce``): keep one position's
+        with lm.trace(token_ids.unsqueeze(0).to(model.device), logits_to_keep=1, **_trace_options(model)):
             states = [_first(lm.layers[0].input)]
             for layer in range(n_layers):
                 states.append(_first(lm.layers[layer].output))
