@@ -11,6 +11,7 @@ from workbench.analyses.attention_sinks import SinkProbeRequest
 from workbench.analyses.concept_depth import ConceptDepthRequest
 from workbench.analyses.depth_use import DepthUseRequest
 from workbench.analyses.latent_language import LatentLanguageRequest
+from workbench.analyses.linear_shortcut import LinearShortcutRequest
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.analyses.neuron_classes import NeuronClassRequest
 from workbench.analyses.neuron_contexts import NeuronContextsRequest, corpus_digest, corpus_text
@@ -33,6 +34,7 @@ def examples() -> dict[str, object]:
     return {
         "logit_lens": LogitLensRequest(PROMPT, " Paris"),
         "tuned_lens": LensComparisonRequest(PROMPT, " Paris", TunedLensConfig(chunk_tokens=32), 0, 1),
+        "linear_shortcut": LinearShortcutRequest(PROMPT, " Paris", chunk_tokens=32, fit_chunks=12, eval_chunks=1),
         "latent_language": LatentLanguageRequest(task="repetition", max_prompts=3),
         "depth_use": DepthUseRequest(PROMPT),
         "attention_sinks": SinkProbeRequest(prompt=PROMPT),

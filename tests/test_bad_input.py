@@ -27,6 +27,7 @@ from workbench.analyses.attention_sinks import SinkProbeRequest
 from workbench.analyses.concept_depth import ConceptDepthRequest
 from workbench.analyses.depth_use import DepthUseRequest
 from workbench.analyses.latent_language import LatentLanguageRequest
+from workbench.analyses.linear_shortcut import LinearShortcutRequest
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.analyses.neuron_classes import NeuronClassRequest
 from workbench.analyses.neuron_effect import NeuronEffectRequest
@@ -97,6 +98,7 @@ def refused(wb: Workbench, call: Callable[[], object], kind: type[WorkbenchError
 # Each analysis entry point of Workbench, called with ``prompt`` where it takes text (else a good one).
 PROMPT_ENTRY_POINTS: dict[str, Callable[[Workbench, str, object], object]] = {
     "logit_lens": lambda wb, m, p: wb.logit_lens(m, LogitLensRequest(p)),
+    "linear_shortcut": lambda wb, m, p: wb.linear_shortcut(m, LinearShortcutRequest(p, fit_chunks=2)),
     "depth_use": lambda wb, m, p: wb.depth_use(m, DepthUseRequest(prompt=p)),
     "attention_sinks": lambda wb, m, p: wb.attention_sinks(m, SinkProbeRequest(prompt=p)),
     "sink_levels": lambda wb, m, p: wb.sink_levels(m, SinkLevelsRequest(prompts=(GOOD, p))),
@@ -347,7 +349,7 @@ def test_broken_model_directory_is_refused_everywhere(wb, broken_dirs, entry, ca
     _breaker, kind, phrases = BROKEN[case]
     message = refused(wb, lambda: ALL_ENTRY_POINTS[entry](wb, str(broken_dirs[case])), kind, *phrases)
     assert "Traceback" not in message and len(message) < 700
-    assert str(broken_dirs[case]) not in wb._loaded
+    assert str(broken_dirs[case]) not in wb.runtime.pool._loaded
 
 
 def test_fixed_directory_is_read_again(workbench, tmp_path):

@@ -105,3 +105,46 @@ def test_service_flow_and_errors(workbench, tiny_dirs):
         TunedLensConfig(chunk_tokens=2)
     with pytest.raises(BadRequest):
         workbench.start_tuned_lens_training(name, config, steps=0)
+
+
+# ------------------------------------------------------------------ linear shortcut (Din et al. 2023)
+
+
+def test_linear_shortcut_recovers_an_exact_affine_relation():
+    """On streams where the last slot IS an affine map of each earlier slot, the fit finds that map."""
+    torch.manual_seed(0)
+    d, n_slots = 5, 3
+    maps = [torch.randn(d, d, dtype=torch.float64) for _ in range(n_slots - 1)]
+    shifts = [torch.randn(d, dtype=torch.float64) for _ in range(n_slots - 1)]
+    final = torch.randn(4, 40, d, dtype=torch.float64)  # 4 chunks of 40 positions
+    streams = []
+    for chunk in final:
+        earlier = [torch.linalg.solve(m, (chunk - b).T).T for m, b in zip(maps, shifts, strict=True)]  # A h + b = final
+        streams.append(torch.stack([*earlier, chunk]).float())
+    lens = lenses.fit_linear_shortcut(streams, n_slots, d, ridge=0.0)
+    for slot in range(n_slots - 1):
+        torch.testing.assert_close(lens.weight[slot].double() + torch.eye(d, dtype=torch.float64), maps[slot],
+                                   rtol=0, atol=1e-4)
+        torch.testing.assert_close(lens.bias[slot].double(), shifts[slot], rtol=0, atol=1e-4)
+
+
+def test_linear_shortcut_with_identity_maps_is_the_logit_lens_and_ends_at_the_logits(workbench, tiny_dir):
+    model = workbench.model(str(tiny_dir))
+    ids = prompts.encode(model, "The capital of France is", workbench.settings).ids
+    trace = tracing.residual_stream(model, ids)
+    identity = lenses.AffineLens(model.info.n_layers, model.info.d_model)  # A_l = I (weight 0), b_l = 0
+    logits = lenses.lens_logits(model, identity, trace.resid)
+    torch.testing.assert_close(logits, model.decode(trace.resid), rtol=0, atol=0)
+    fitted = lenses.fit_linear_shortcut([trace.resid], model.info.n_layers + 1, model.info.d_model)
+    last = lenses.lens_logits(model, fitted, trace.resid)[-1]  # the last slot is never mapped: the model's logits
+    torch.testing.assert_close(last, trace.logits, rtol=0, atol=1e-4)
+
+
+def test_linear_shortcut_beats_the_logit_lens_on_held_out_text(workbench, tiny_dirs):
+    from workbench.analyses.linear_shortcut import LinearShortcutRequest
+
+    result = workbench.linear_shortcut(str(tiny_dirs["llama"]), LinearShortcutRequest(
+        "The capital of France is", " Paris", chunk_tokens=32, fit_chunks=40, eval_chunks=4))
+    assert result.lens_name == "linear shortcut" and result.lens_step == 0
+    assert result.kl_tuned[-1] == pytest.approx(0.0, abs=1e-9) and result.top1_tuned[-1] == 1.0
+    assert result.kl_tuned[:-1].mean() < result.kl_logit[:-1].mean()  # fitted maps help on unseen text

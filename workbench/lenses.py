@@ -110,6 +110,38 @@ class AffineLens(torch.nn.Module):
         return resid + torch.einsum("lsd,led->lse", resid, weight) + bias[:, None, :]
 
 
+def fit_linear_shortcut(residuals, n_slots: int, d_model: int, ridge: float = 1e-6) -> AffineLens:
+    """The linear shortcuts of Din et al. (2023), "Jump to Conclusions": for every slot ``l < L``, the
+    affine map ``h_L ~ A_l h_l + b_l`` that minimises the squared error over the given residual
+    streams, in closed form (normal equations in float64), returned as an ``AffineLens`` (weight
+    ``A_l - I``, bias ``b_l``), so it decodes and compares like the tuned lens.
+
+    ``residuals`` yields (slot = L + 1, seq, d_model) streams. ``ridge`` is a relative Tikhonov term
+    (times the mean diagonal of X^T X) that only keeps the solve well-posed when tokens are few."""
+    n_maps = n_slots - 1
+    xtx = torch.zeros(n_maps, d_model + 1, d_model + 1, dtype=torch.float64)
+    xty = torch.zeros(n_maps, d_model + 1, d_model, dtype=torch.float64)
+    tokens = 0
+    for resid in residuals:
+        resid = resid.double()
+        ones = torch.ones(n_maps, resid.shape[1], 1, dtype=torch.float64)
+        x = torch.cat([resid[:-1], ones], dim=-1)  # (map, seq, d_model + 1)
+        y = resid[-1]  # (seq, d_model)
+        xtx += x.transpose(1, 2) @ x
+        xty += x.transpose(1, 2) @ y
+        tokens += resid.shape[1]
+    if tokens == 0:
+        raise ValueError("no residual streams to fit the linear shortcut on")
+    scale = xtx.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)  # (map,)
+    eye = torch.eye(d_model + 1, dtype=torch.float64)
+    solution = torch.linalg.solve(xtx + ridge * scale[:, None, None] * eye, xty)  # (map, d+1, d): [A^T; b]
+    lens = AffineLens(n_maps, d_model)
+    with torch.no_grad():
+        lens.weight.copy_(solution[:, :d_model].transpose(1, 2) - torch.eye(d_model, dtype=torch.float64))
+        lens.bias.copy_(solution[:, d_model])
+    return lens
+
+
 def lens_logits(model, lens: Callable, resid: torch.Tensor, grad: bool = False) -> torch.Tensor:
     """resid (slot = L + 1, seq, d_model) -> logits (slot, seq, vocab) under ``lens``; the last slot
     is the model's output and is never transformed."""
@@ -152,7 +184,7 @@ def logit_lens_statistics(unembed: Unembed, states: list, k: int, target_id: int
         out["top_logprobs"].append(top.values)
         buffer = torch.empty_like(final)
         kls = []
-        for slot in range(logprobs.shape[0]):  # KL(final || slot) = sum p_final (log p_final - log q), one slot at a time
+        for slot in range(logprobs.shape[0]):  # KL(final || slot) = sum p (log p - log q), a slot at a time
             torch.sub(final, logprobs[slot], out=buffer)
             kls.append(buffer.mul_(p_final).sum(-1).clamp_min(0.0))
         del buffer

@@ -24,6 +24,7 @@ from workbench.analyses import (
     concept_depth,
     depth_use,
     latent_language,
+    linear_shortcut,
     logit_lens,
     neuron_classes,
     neuron_contexts,
@@ -81,6 +82,11 @@ class Workbench:
     def latent_language(self, model_name: str, request: latent_language.LatentLanguageRequest,
                         progress: Progress = _silent) -> latent_language.LatentLanguageResult:
         return self.run(latent_language.ANALYSIS, model_name, request, progress)
+
+    def linear_shortcut(self, model_name: str, request: linear_shortcut.LinearShortcutRequest,
+                        progress: Progress = _silent) -> tuned_lens.LensComparisonResult:
+        """The linear shortcut (Din et al. 2023), fitted in closed form, against the logit lens."""
+        return self.run(linear_shortcut.ANALYSIS, model_name, request, progress)
 
     def tuned_lens_trainer(self, model_name: str, config: tuned_lens.TunedLensConfig,
                            progress: Progress = _silent) -> LensTrainer:

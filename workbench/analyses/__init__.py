@@ -13,6 +13,7 @@ from workbench.analyses import (  # noqa: E402, I001 (after base: each module bu
     concept_depth,
     depth_use,
     latent_language,
+    linear_shortcut,
     logit_lens,
     neuron_classes,
     neuron_contexts,
@@ -36,6 +37,7 @@ from workbench.analyses.base import (  # noqa: F401 (the analysis shape, re-expo
 ANALYSES: tuple[Analysis, ...] = (
     logit_lens.ANALYSIS,
     tuned_lens.ANALYSIS,
+    linear_shortcut.ANALYSIS,
     latent_language.ANALYSIS,
     depth_use.ANALYSIS,
     attention_sinks.ANALYSIS,

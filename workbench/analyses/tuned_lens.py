@@ -31,7 +31,7 @@ from workbench.errors import BadRequest
 from workbench.lenses import AffineLens, decode, kl_divergence, lens_logits
 
 NAME = "tuned_lens"  # until 2026-12: "tuned_lens_comparison"
-VERSION = 1
+VERSION = 2  # 2: the result names its learned lens (``lens_name``)
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,12 @@ class LensComparisonRequest:
 
 @dataclass(frozen=True, eq=False)
 class LensComparisonResult:
+    """The logit lens against one learned lens (its "tuned" fields: the tuned lens or a linear shortcut)."""
+
     model_name: str
     layer_labels: np.ndarray  # (slot,) str
-    lens_step: int
+    lens_name: str  # the learned lens: "tuned lens" or "linear shortcut"
+    lens_step: int  # training steps of a tuned lens; 0 for a lens fitted in closed form
     eval_tokens: int
     kl_logit: np.ndarray  # (slot,) mean KL(final || lens) on held-out tokens, nats
     kl_tuned: np.ndarray
@@ -126,9 +129,10 @@ def compare(
     tokens: tuple[str, ...],
     target_id: int | None,
     progress: Callable[[float | None, str], None] = lambda f, m: None,
+    lens_name: str = "tuned lens",
 ) -> LensComparisonResult:
-    """Held-out statistics for both lenses over ``held_out`` chunks (token-id tensors), and the
-    target trajectory on the prompt. ``residuals(ids) -> (slot, seq, d_model)``."""
+    """Held-out statistics for the logit lens and ``translators`` over ``held_out`` chunks (token-id
+    tensors), and the target trajectory on the prompt. ``residuals(ids) -> (slot, seq, d_model)``."""
     logit_totals = tuned_totals = None
     n_tokens = n_next = 0
     with torch.no_grad():
@@ -146,7 +150,8 @@ def compare(
     return LensComparisonResult(
         model_name=model.name,
         layer_labels=slot_labels(n_layers - 1),
-        lens_step=request.lens_step,
+        lens_name=lens_name,
+        lens_step=getattr(request, "lens_step", 0),
         eval_tokens=n_tokens,
         kl_logit=(logit_totals.kl / n_tokens).float().numpy(),
         kl_tuned=(tuned_totals.kl / n_tokens).float().numpy(),
@@ -163,6 +168,12 @@ def compare(
     )
 
 
+def corpus_chunks(model, name: str, split: str, chunk_tokens: int, limit: int | None = None) -> list[torch.Tensor]:
+    """Token-id chunks of a bundled corpus split, each after the tokenizer's own prefix (<bos> or nothing)."""
+    bos = model.tokenizer("").input_ids
+    return [torch.tensor(bos + c) for c in corpus.chunks(model.tokenizer, name, split, chunk_tokens, limit)]
+
+
 def check(request: LensComparisonRequest, settings) -> None:
     prompts.check_text(request.prompt, settings)
 
@@ -177,9 +188,7 @@ def run(ctx, request: LensComparisonRequest, progress, lens: AffineLens | None =
         lens, step = ctx.trainer(config, progress).snapshot()
         if step != request.lens_step:
             raise BadRequest(f"This tuned lens is at step {step} now, not {request.lens_step}: compare it again.")
-    bos = model.tokenizer("").input_ids
-    held_out = [torch.tensor(bos + c) for c in
-                corpus.chunks(model.tokenizer, config.corpus, "heldout", config.chunk_tokens, request.eval_chunks)]
+    held_out = corpus_chunks(model, config.corpus, "heldout", config.chunk_tokens, request.eval_chunks)
     return compare(model, lens, request, held_out, residuals=lambda ids: tracing.residual_stream(model, ids).resid,
                    prompt_ids=encoded.ids, tokens=encoded.tokens, target_id=target_id, progress=progress)
 

@@ -1,4 +1,5 @@
-"""Figures for the tuned lens: training loss, logit vs tuned lens on held-out text, token trajectory."""
+"""Figures for the learned lenses (tuned lens, linear shortcut): the tuned lens's training loss, and the
+logit lens against the learned lens on held-out text and on one token's trajectory."""
 
 from __future__ import annotations
 
@@ -20,8 +21,13 @@ def _layer_ticks(result: LensComparisonResult) -> dict:
 
 
 def loss_curve(status: TrainingStatus) -> go.Figure:
+    """The tuned lens's training loss per step (markers too, so a single step already shows)."""
     steps = np.arange(1, len(status.losses) + 1)
-    fig = go.Figure(go.Scatter(x=steps, y=status.losses, mode="lines", line={"color": TUNED}, name="loss"))
+    fig = go.Figure(go.Scatter(x=steps, y=status.losses, mode="lines+markers", line={"color": TUNED},
+                               marker={"size": 4}, name="loss"))
+    if not len(steps):
+        fig.add_annotation(text="No training step yet: start training to see the loss.", showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.5)
     fig.update_layout(title="Training loss: Σ over layers of KL(final ‖ tuned), nats", height=280,
                       xaxis_title="step", yaxis={"title": "nats", "type": "log"},
                       margin={"l": 60, "r": 20, "t": 50, "b": 40})
@@ -36,7 +42,7 @@ def held_out(result: LensComparisonResult) -> go.Figure:
     panels = [(result.kl_logit, result.kl_tuned), (result.top1_logit, result.top1_tuned),
               (result.ppl_logit, result.ppl_tuned)]
     for col, pair in enumerate(panels, start=1):
-        for name, y, color in zip(("logit lens", "tuned lens"), pair, (LOGIT, TUNED), strict=True):
+        for name, y, color in zip(("logit lens", result.lens_name), pair, (LOGIT, TUNED), strict=True):
             fig.add_trace(go.Scatter(
                 x=x, y=y, name=name, mode="lines+markers", line={"color": color}, showlegend=col == 1,
                 customdata=result.layer_labels,
@@ -46,9 +52,10 @@ def held_out(result: LensComparisonResult) -> go.Figure:
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_yaxes(type="log", row=1, col=3)
     fig.update_xaxes(title_text="layer (residual after block)", **_layer_ticks(result))
+    how = f"trained {result.lens_step} steps" if result.lens_step else "fitted in closed form"
     fig.update_layout(
-        title=f"Logit vs tuned lens: {result.model_name}, {result.eval_tokens} held-out tokens, "
-              f"lens trained {result.lens_step} steps",
+        title=f"Logit lens vs {result.lens_name}: {result.model_name}, {result.eval_tokens} held-out tokens, "
+              f"lens {how}",
         height=400, legend={"orientation": "h", "y": -0.25, "x": 0.5, "xanchor": "center"},
         margin={"l": 60, "r": 20, "t": 80, "b": 80})
     return fig
@@ -59,9 +66,9 @@ def trajectory(result: LensComparisonResult) -> go.Figure:
     hover shows each lens's top-1 token."""
     x = np.arange(len(result.layer_labels))
     fig = go.Figure()
-    tops = {"logit lens": result.top_logit, "tuned lens": result.top_tuned}
-    probs = {"logit lens": result.prob_logit, "tuned lens": result.prob_tuned}
-    for name, color in (("logit lens", LOGIT), ("tuned lens", TUNED)):
+    tops = {"logit lens": result.top_logit, result.lens_name: result.top_tuned}
+    probs = {"logit lens": result.prob_logit, result.lens_name: result.prob_tuned}
+    for name, color in (("logit lens", LOGIT), (result.lens_name, TUNED)):
         y = probs[name] if result.target_token else np.zeros(len(x))
         fig.add_trace(go.Scatter(
             x=x, y=y, name=name, mode="lines+markers", line={"color": color},
