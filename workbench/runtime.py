@@ -34,15 +34,18 @@ class Runtime:
         self.pool = ModelPool(settings)
         self.trainers = TrainerPool(settings)
 
-    def run(self, analysis: Analysis, model_name: str, request, progress: Progress = silent):
-        """``analysis``'s result for ``request`` on the model: from the store, or computed and stored."""
+    def run(self, analysis: Analysis, model_name: str, request, progress: Progress = silent, on_partial=None):
+        """``analysis``'s result for ``request`` on the model: from the store, or computed and stored.
+
+        ``on_partial(result)``, if given, receives the partial results an analysis reports while it
+        runs (e.g. activation patching block by block, unfinished cells NaN), for views that fill in."""
         analysis.check_request(request, self.settings)
         local = self.pool.local(model_name, progress)
         key = ResultKey(analysis.name, analysis.version, local.digest, request_digest(request))
         cached = self.store.get_result(key, analysis.Result)
         if cached is not None:
             return cached
-        result = analysis.run(Context(self, local, model_name), request, progress)
+        result = analysis.run(Context(self, local, model_name, on_partial), request, progress)
         self.store.put_result(key, result, model_name=local.name, request_json=request_json(request))
         return result
 
@@ -62,10 +65,11 @@ class Runtime:
 class Context:
     """What ``Analysis.run`` may use: one model of the runtime, and the runtime's caches."""
 
-    def __init__(self, runtime: Runtime, local: LocalModel, model_name: str):
+    def __init__(self, runtime: Runtime, local: LocalModel, model_name: str, on_partial=None):
         self.runtime = runtime
         self.local = local
         self.model_name = model_name  # as the caller named it (catalog name, directory or hub id)
+        self._on_partial = on_partial
 
     @property
     def settings(self) -> Settings:
@@ -85,9 +89,14 @@ class Context:
         """``text`` checked and tokenised for this model (token limit included)."""
         return prompts.encode(self.model, text, self.settings)
 
-    def run(self, analysis: Analysis, request, progress: Progress = silent):
+    def run(self, analysis: Analysis, request, progress: Progress = silent, on_partial=None):
         """Another analysis's result on the same model, cached on its own."""
-        return self.runtime.run(analysis, self.model_name, request, progress)
+        return self.runtime.run(analysis, self.model_name, request, progress, on_partial)
+
+    def partial(self, result) -> None:
+        """Report a partial result (same type, unfinished parts NaN) to whoever watches this run."""
+        if self._on_partial is not None:
+            self._on_partial(result)
 
     def activations(self, site: str, content_digest: str, compute) -> np.ndarray:
         """A stored activation set of this model (keyed by ``site`` and the digest of its inputs),

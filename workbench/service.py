@@ -59,9 +59,10 @@ class Workbench:
     def close(self) -> None:
         self.store.close()
 
-    def run(self, analysis: Analysis, model_name: str, request, progress: Progress = _silent):
-        """Any analysis of ``workbench.analyses.ANALYSES`` by its ``Analysis`` object."""
-        return self.runtime.run(analysis, model_name, request, progress)
+    def run(self, analysis: Analysis, model_name: str, request, progress: Progress = _silent, on_partial=None):
+        """Any analysis of ``workbench.analyses.ANALYSES`` by its ``Analysis`` object; ``on_partial``
+        receives partial results of analyses that report them while running."""
+        return self.runtime.run(analysis, model_name, request, progress, on_partial)
 
     # ------------------------------------------------------------------ models
 

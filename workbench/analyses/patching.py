@@ -114,6 +114,69 @@ class PatchingResult:
 
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """AtP and RelP scores of one pair, computed before (and without) activation patching."""
+
+    ld_clean: float
+    ld_corrupted: float
+    atp: dict  # component -> (block, seq) or (block, head) float32
+    relp: dict
+    seconds_atp: float  # wall time, the two shared recording forwards included in each
+    seconds_relp: float
+
+
+def attribute(model: LoadedModel, clean_ids: torch.Tensor, corrupted_ids: torch.Tensor, answer_id: int,
+              wrong_id: int, request: PatchingRequest) -> Attribution:
+    """AtP and RelP on one pair: two recording forwards, then one gradient pass per method."""
+    sites = (*SITES, HEADS) if request.heads else SITES
+    start = time.perf_counter()
+    clean_acts, clean_logits = interventions.record(model, clean_ids, sites)
+    _, corrupted_logits = interventions.record(model, corrupted_ids, ())
+    shared = time.perf_counter() - start  # the two forwards both estimates need
+    ld_clean = logit_diff(clean_logits, answer_id, wrong_id)
+    ld_corrupted = logit_diff(corrupted_logits, answer_id, wrong_id)
+    activation_patching._check_gap(ld_clean, ld_corrupted, request.answer, request.wrong)
+    metric = metric_fn(answer_id, wrong_id, ld_corrupted, ld_clean)
+    start = time.perf_counter()
+    atp = _attribution(model, corrupted_ids, metric, sites, clean_acts, Rules())
+    seconds_atp = shared + time.perf_counter() - start
+    start = time.perf_counter()
+    relp = _attribution(model, corrupted_ids, metric, sites, clean_acts, request.rules)
+    seconds_relp = shared + time.perf_counter() - start
+    return Attribution(ld_clean, ld_corrupted, atp, relp, seconds_atp, seconds_relp)
+
+
+def combine(model: LoadedModel, clean_ids: torch.Tensor, corrupted_ids: torch.Tensor, attribution: Attribution,
+            activation: ActivationPatchingResult) -> PatchingResult:
+    """The three methods side by side (``activation`` may be partial: cells not run yet are NaN)."""
+    if abs(attribution.ld_corrupted - activation.ld_corrupted) > 1e-3 * max(1.0, abs(attribution.ld_corrupted)):
+        raise ValueError("the cached activation patching belongs to another corrupted run")
+    empty = np.zeros((0, 0), np.float32)
+    methods = (("atp", attribution.atp), ("relp", attribution.relp))
+    return PatchingResult(
+        model_name=model.name,
+        clean_tokens=np.array(prompts.token_strings(model, clean_ids)),
+        corrupted_tokens=np.array(prompts.token_strings(model, corrupted_ids)),
+        ld_clean=activation.ld_clean,
+        ld_corrupted=activation.ld_corrupted,
+        **{f"act_{c}": activation.scores(c) for c in COMPONENTS},
+        **{f"{name}_{c}": scores.get(c, empty) for name, scores in methods for c in COMPONENTS},
+        seconds_act=activation.seconds,
+        seconds_atp=attribution.seconds_atp,
+        seconds_relp=attribution.seconds_relp,
+    )
+
+
+def pending_activation(model: LoadedModel, seq: int, attribution: Attribution, heads: bool) -> ActivationPatchingResult:
+    """Activation patching before any cell has run: every cell NaN (drawn as a gap)."""
+    grid = np.full((model.info.n_layers, seq), np.nan, np.float32)
+    head_grid = np.full((model.info.n_layers, model.info.n_heads), np.nan, np.float32) if heads else \
+        np.zeros((0, 0), np.float32)
+    return ActivationPatchingResult(grid, grid.copy(), grid.copy(), head_grid, attribution.ld_clean,
+                                    attribution.ld_corrupted, 0.0)
+
+
 def compute(
     model: LoadedModel,
     clean_ids: torch.Tensor,
@@ -124,34 +187,8 @@ def compute(
     activation: ActivationPatchingResult,
 ) -> PatchingResult:
     """AtP and RelP on one pair, next to its (separately cached) activation patching scores."""
-    sites = (*SITES, HEADS) if request.heads else SITES
-    start = time.perf_counter()
-    clean_acts, _ = interventions.record(model, clean_ids, sites)
-    _, corrupted_logits = interventions.record(model, corrupted_ids, ())
-    shared = time.perf_counter() - start  # the two forwards both estimates need
-    ld_corrupted = logit_diff(corrupted_logits, answer_id, wrong_id)
-    metric = metric_fn(answer_id, wrong_id, activation.ld_corrupted, activation.ld_clean)
-    start = time.perf_counter()
-    atp = _attribution(model, corrupted_ids, metric, sites, clean_acts, Rules())
-    seconds_atp = shared + time.perf_counter() - start
-    start = time.perf_counter()
-    relp = _attribution(model, corrupted_ids, metric, sites, clean_acts, request.rules)
-    seconds_relp = shared + time.perf_counter() - start
-    empty = np.zeros((0, 0), np.float32)
-    if abs(ld_corrupted - activation.ld_corrupted) > 1e-3 * max(1.0, abs(ld_corrupted)):
-        raise ValueError("the cached activation patching belongs to another corrupted run")
-    return PatchingResult(
-        model_name=model.name,
-        clean_tokens=np.array(prompts.token_strings(model, clean_ids)),
-        corrupted_tokens=np.array(prompts.token_strings(model, corrupted_ids)),
-        ld_clean=activation.ld_clean,
-        ld_corrupted=activation.ld_corrupted,
-        **{f"act_{c}": activation.scores(c) for c in COMPONENTS},
-        **{f"{name}_{c}": scores.get(c, empty) for name, scores in (("atp", atp), ("relp", relp)) for c in COMPONENTS},
-        seconds_act=activation.seconds,
-        seconds_atp=seconds_atp,
-        seconds_relp=seconds_relp,
-    )
+    return combine(model, clean_ids, corrupted_ids,
+                   attribute(model, clean_ids, corrupted_ids, answer_id, wrong_id, request), activation)
 
 
 def _attribution(model, corrupted_ids, metric, sites, clean_acts, rules: Rules) -> dict[str, np.ndarray]:
@@ -178,10 +215,18 @@ def check(request: PatchingRequest, settings) -> None:
 
 
 def run(ctx, request: PatchingRequest, progress) -> PatchingResult:
-    """Activation patching, AtP and RelP on one clean/corrupted pair (Jafari et al. 2025)."""
-    ids = activation_patching.encode(ctx, request)
-    activation = ctx.run(activation_patching.ANALYSIS, request.activation_request, progress)
-    return compute(ctx.model, *ids, request, activation)
+    """Activation patching, AtP and RelP on one clean/corrupted pair (Jafari et al. 2025). AtP and
+    RelP come first (a partial result with activation patching still NaN), then activation patching
+    fills in as it runs (each of its partial results reported too)."""
+    model = ctx.model
+    clean_ids, corrupted_ids, answer_id, wrong_id = activation_patching.encode(ctx, request)
+    progress(None, "AtP and RelP: two forward and two backward passes")
+    attribution = attribute(model, clean_ids, corrupted_ids, answer_id, wrong_id, request)
+    ctx.partial(combine(model, clean_ids, corrupted_ids, attribution,
+                        pending_activation(model, len(corrupted_ids), attribution, request.heads)))
+    activation = ctx.run(activation_patching.ANALYSIS, request.activation_request, progress, on_partial=lambda part:
+                         ctx.partial(combine(model, clean_ids, corrupted_ids, attribution, part)))
+    return combine(model, clean_ids, corrupted_ids, attribution, activation)
 
 
 def summary(result: PatchingResult) -> list[LayerSummary]:
