@@ -41,6 +41,7 @@ bench: install
 	$(PY) -m bench.bench_patching
 	$(PY) -m bench.bench_concept_depth
 	$(PY) -m bench.bench_export
+	$(PY) -m bench.bench_pages
 
 lint: install
 	$(VENV)/bin/ruff check .
