@@ -171,6 +171,34 @@ def test_atp_equals_finite_difference(workbench, tiny_dirs):
         model.hf_model.float()
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_partial_results_show_atp_and_relp_first_then_fill_in(workbench, tiny_dirs, monkeypatch, fast):
+    """The patching run reports AtP and RelP before activation patching runs (its cells NaN), then
+    one partial result per block (fast path) or per site and block (plain path), each with more
+    cells done; the last cell-complete partial equals the final result."""
+    from workbench.analyses import activation_patching as act_module
+
+    if not fast:
+        monkeypatch.setattr(act_module.patching_runs, "supports", lambda model: False)
+    name = str(tiny_dirs["llama"])
+    request = PatchingRequest(PAIR.clean, PAIR.corrupted, " Mary", " John")
+    partials = []
+    final = workbench.run(patching.ANALYSIS, name, request, on_partial=partials.append)
+    first = partials[0]
+    for component in patching.COMPONENTS:
+        assert np.isnan(first.scores("act", component)).all()
+        np.testing.assert_array_equal(first.scores("atp", component), final.scores("atp", component))
+        np.testing.assert_array_equal(first.scores("relp", component), final.scores("relp", component))
+    pending = [sum(int(np.isnan(p.scores("act", c)).sum()) for c in patching.COMPONENTS) for p in partials]
+    assert len(partials) > 2 and pending == sorted(pending, reverse=True) and pending[-1] == 0
+    for component in patching.COMPONENTS:  # what was shown is what is stored, cell by cell
+        done = partials[-1].scores("act", component)
+        np.testing.assert_array_equal(done, final.scores("act", component))
+    cached = []
+    workbench.run(patching.ANALYSIS, name, request, on_partial=cached.append)
+    assert cached == []  # a cached result has nothing to fill in
+
+
 def test_progress_can_cancel_and_nothing_is_stored(workbench, tiny_dirs):
     name = str(tiny_dirs["gpt2"])
     request = PatchingRequest(PAIR.clean, PAIR.corrupted, " Mary", " John", heads=False)
@@ -231,6 +259,19 @@ def test_faithfulness_scoreboard(workbench, tiny_dirs):
     model = workbench.model(name)
     n_points = 2 * model.info.n_layers * model.info.n_heads  # the heads component of two pairs
     assert result.points("atp", "heads")[0].shape == (n_points,)
+
+
+def test_scoreboard_updates_pair_by_pair(workbench, tiny_dirs):
+    partials = []
+    final = workbench.run(faithfulness.ANALYSIS, str(tiny_dirs["llama"]), FaithfulnessRequest(n_pairs=3),
+                          on_partial=partials.append)
+    assert [p.n_pairs for p in partials] == [2] and final.n_pairs == 3
+    name = str(tiny_dirs["llama"])
+    first_two = [workbench.patching(name, PatchingRequest(p.clean, p.corrupted, p.answer, p.wrong))
+                 for p in workbench.ioi_pairs(name, 3)[:2]]  # from the cache: the pairs the run used
+    expected = faithfulness.compute(final.model_name, first_two, FaithfulnessRequest(n_pairs=3))
+    np.testing.assert_array_equal(partials[0].pearson, expected.pearson)
+    np.testing.assert_array_equal(partials[0].act_points, expected.act_points)
 
 
 def test_scoreboard_figures(workbench, tiny_dirs):

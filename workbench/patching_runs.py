@@ -155,11 +155,13 @@ def patch_all(
     target: Target,
     sites: Sequence[str],
     progress: Callable[[float | None, str], None],
+    on_block: Callable[[dict, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """The metric ``m`` of every cell: {site: (block, seq)} and {HEADS: (block, head)} float32.
 
     ``progress(fraction, message)`` is called after each block (the fraction weighs each block by
-    the blocks it runs); it may raise to cancel. Raises ``CacheMismatch`` if a control row does
+    the blocks it runs); it may raise to cancel. ``on_block(scores, layer)`` sees the scores after
+    each block (rows after ``layer`` not run yet). Raises ``CacheMismatch`` if a control row does
     not reproduce the corrupted run.
     """
     n_layers, n_heads, seq = model.info.n_layers, model.info.n_heads, len(corrupted_ids)
@@ -178,6 +180,8 @@ def patch_all(
                     scores[site][layer, index] = value
         done += n_layers - layer
         progress(done / total, f"Activation patching: block {layer} ({layer + 1}/{n_layers})")
+        if on_block is not None:
+            on_block(scores, layer)
     return scores
 
 

@@ -118,8 +118,10 @@ def compute_activation(
     request: ActivationPatchingRequest,
     progress: Callable[[float | None, str], None] = lambda f, m: None,
     fast: bool = True,
+    partial: Callable[[ActivationPatchingResult], None] | None = None,
 ) -> ActivationPatchingResult:
-    """Activation patching of every site. ``progress`` may raise to cancel (nothing is returned then).
+    """Activation patching of every site. ``progress`` may raise to cancel (nothing is returned then);
+    ``partial`` receives the result so far after every block, cells not run yet NaN.
 
     ``fast`` (the default) reuses the corrupted run's prefix and keys/values
     (``workbench.patching_runs``) where the model supports it; ``fast=False`` is the plain
@@ -139,24 +141,43 @@ def compute_activation(
     ld_corrupted = logit_diff(corrupted_logits, answer_id, wrong_id)
     _check_gap(ld_clean, ld_corrupted, request.answer, request.wrong)
     metric = metric_fn(answer_id, wrong_id, ld_corrupted, ld_clean)
+    empty = np.zeros((0, 0), np.float32)
+
+    def result(act: dict) -> ActivationPatchingResult:
+        return ActivationPatchingResult(
+            act_resid=act["resid"], act_attn=act["attn"], act_mlp=act["mlp"], act_heads=act.get(HEADS, empty),
+            ld_clean=ld_clean, ld_corrupted=ld_corrupted, seconds=time.perf_counter() - start,
+        )
+
+    def report(scores: dict, pending: Callable[[str, int], bool]) -> None:
+        """The partial result: a copy of the scores with every cell not run yet NaN."""
+        if partial is None:
+            return
+        shown = {}
+        for site, rows in scores.items():
+            rows = np.array(rows, dtype=np.float32)
+            for layer in range(rows.shape[0]):
+                if pending(site, layer):
+                    rows[layer] = np.nan
+            shown[site] = rows
+        partial(result(shown))
+
     act = None
     if use_fast:
         target = patching_runs.Target(answer_id, wrong_id, ld_clean, ld_corrupted)
         try:
-            act = patching_runs.patch_all(model, corrupted_ids, clean_acts, corrupted_run, target, sites, progress)
+            act = patching_runs.patch_all(
+                model, corrupted_ids, clean_acts, corrupted_run, target, sites, progress,
+                on_block=lambda scores, done: report(scores, lambda _site, layer: layer > done))
         except patching_runs.CacheMismatch as exc:
             warnings.warn(f"Fast activation patching fell back to the plain path: {exc}", stacklevel=2)
     if act is None:
-        act = _activation_patching(model, corrupted_ids, clean_acts, corrupted_acts, metric, sites, progress)
-    empty = np.zeros((0, 0), np.float32)
-    return ActivationPatchingResult(
-        act_resid=act["resid"], act_attn=act["attn"], act_mlp=act["mlp"], act_heads=act.get(HEADS, empty),
-        ld_clean=ld_clean, ld_corrupted=ld_corrupted, seconds=time.perf_counter() - start,
-    )
+        act = _activation_patching(model, corrupted_ids, clean_acts, corrupted_acts, metric, sites, progress, report)
+    return result(act)
 
 
 def _activation_patching(
-    model, corrupted_ids, clean_acts, corrupted_acts, metric, sites, progress
+    model, corrupted_ids, clean_acts, corrupted_acts, metric, sites, progress, report=None
 ) -> dict[str, np.ndarray]:
     """The plain implementation: patch each site's clean value into the corrupted run, one full
     batched forward per (site, block), one patched position (or head) per row. Positions where
@@ -178,6 +199,11 @@ def _activation_patching(
                 row[differs.numpy()] = metric(logits.double()).float().cpu().numpy()
             scores[site][layer] = row
         progress(done / len(steps), f"Activation patching: {site} layer {layer} ({done}/{len(steps)})")
+        if report is not None:
+            width = {s: model.info.n_heads if s == HEADS else len(corrupted_ids) for s in sites}
+            filled = {s: np.stack([r if r is not None else np.zeros(width[s], np.float32) for r in rows])
+                      for s, rows in scores.items()}
+            report(filled, lambda s, lay: scores[s][lay] is None)
     return {site: np.stack(rows) for site, rows in scores.items()}
 
 
@@ -196,7 +222,7 @@ def encode(ctx, request) -> tuple:
 
 
 def run(ctx, request: ActivationPatchingRequest, progress) -> ActivationPatchingResult:
-    return compute_activation(ctx.model, *encode(ctx, request), request, progress)
+    return compute_activation(ctx.model, *encode(ctx, request), request, progress, partial=ctx.partial)
 
 
 ANALYSIS = Analysis(

@@ -161,7 +161,8 @@ def ioi_pairs(ctx, n_pairs: int, seed: int = 0) -> list[prompt_pairs.PromptPair]
 
 
 def run(ctx, request: FaithfulnessRequest, progress) -> FaithfulnessResult:
-    """AtP and RelP vs activation patching over IOI pairs (each pair cached on its own)."""
+    """AtP and RelP vs activation patching over IOI pairs (each pair cached on its own); after each
+    pair from the second on, the scoreboard of the pairs so far is reported as a partial result."""
     pairs = ioi_pairs(ctx, request.n_pairs, request.seed)
     results = []
     for index, pair in enumerate(pairs):
@@ -175,6 +176,8 @@ def run(ctx, request: FaithfulnessRequest, progress) -> FaithfulnessResult:
             heads=request.heads,
         )
         results.append(ctx.run(patching.ANALYSIS, pair_request, pair_progress))
+        if 2 <= len(results) < len(pairs):  # the scoreboard so far: it updates pair by pair
+            ctx.partial(compute(ctx.name, results, request))
     return compute(ctx.name, results, request)
 
 
