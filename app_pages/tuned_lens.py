@@ -1,26 +1,30 @@
 """Tuned lens page: train translators in the background, then compare with the logit lens."""
 
+import dataclasses
+
 import streamlit as st
 
 import ui
-from workbench.analyses.tuned_lens import TunedLensConfig
-from workbench.figures import tuned_lens as figures
+from workbench.analyses.tuned_lens import ANALYSIS, LensComparisonRequest, TunedLensConfig
+from workbench.export import FigureSource
+from workbench.figures.tuned_lens import loss_curve
 
-st.title("Tuned lens")
-st.caption(
-    "Belrose et al. (2023): an affine translator per layer, trained so each layer's decoded distribution matches "
-    "the final one (KL). Trained on the Python Language Reference that ships with CPython; every fifth topic is "
-    "held out for evaluation. Training runs in the background; stop it at any time and resume later."
-)
-model_name = ui.selected_model()
+model_name = ui.header(
+    "Tuned lens", "Belrose et al. (2023): an affine translator per layer, trained so each layer's decoded distribution "
+    "matches the final one (KL). Trained on the Python Language Reference that ships with CPython; every fifth topic "
+    "is held out for evaluation. Training runs in the background; stop it at any time and resume later.")
 wb = ui.workbench()
+config_form = ui.RequestForm("tl", TunedLensConfig(), names={"chunk_tokens": "chunk"}, state="config",
+                             bounds={"chunk_tokens": (16, 512), "lr": (1e-5, 1e-1), "seed": (0, 10_000)})
+compare_form = ui.RequestForm("tl", LensComparisonRequest("The capital of France is", " Paris"),
+                              names={"eval_chunks": "eval"}, skip=("lens_step",))
 
 with st.expander("Lens settings"):
     cols = st.columns(3)
-    chunk_tokens = cols[0].number_input("Tokens per training chunk", 16, 512, 64, step=16, key="tl_chunk")
-    lr = cols[1].number_input("Learning rate (Adam)", 1e-5, 1e-1, 1e-3, format="%.5f", key="tl_lr")
-    seed = cols[2].number_input("Seed", 0, 10_000, 0, key="tl_seed")
-config = ui.guarded(lambda: TunedLensConfig(chunk_tokens=int(chunk_tokens), lr=float(lr), seed=int(seed)))
+    cols[0].number_input("Tokens per training chunk", 16, 512, step=16, key=config_form.key("chunk_tokens"))
+    cols[1].number_input("Learning rate (Adam)", 1e-5, 1e-1, format="%.5f", key=config_form.key("lr"))
+    cols[2].number_input("Seed", 0, 10_000, key=config_form.key("seed"))
+config = ui.guarded(config_form.from_widgets)
 if config is None:
     st.stop()
 
@@ -28,8 +32,8 @@ st.subheader("1. Train")
 left, mid, right = st.columns([2, 1, 1])
 steps = left.number_input("Train up to step", 1, 100_000, 200, step=50, key="tl_steps")
 if mid.button("Start / resume", type="primary", key="tl_start"):
-    with ui.progress(f"Preparing {model_name}") as report:
-        ui.guarded(lambda: wb.start_tuned_lens_training(model_name, config, int(steps), report))
+    ui.compute(f"Preparing {model_name}", lambda report: wb.start_tuned_lens_training(model_name, config, int(steps),
+                                                                                      report))
 if right.button("Stop", key="tl_stop"):
     ui.guarded(lambda: wb.stop_tuned_lens_training(model_name, config))
 
@@ -42,35 +46,32 @@ def show_status() -> None:
         st.progress(status.step / max(1, status.target_steps),
                     text=f"Training: step {status.step} of {status.target_steps}")
     else:
-        st.write(f"State: **{status.state}**, {status.step} steps trained." + (
-            f" {status.message}" if status.message else ""))
+        st.markdown(f"State: **{status.state}**, {status.step} steps trained."
+                    + (f" {ui.escape(status.message)}" if status.message else ""))
     if status.losses:
-        ui.chart(figures.loss_curve(status), "tl_loss")
+        ui.plot(loss_curve(status), "tl_loss", name="tuned_lens-loss")
 
 
-with st.spinner(f"Loading {model_name} and its lens checkpoint"):
+with st.spinner(f"Loading {ui.escape(model_name)} and its lens checkpoint"):
     current = ui.guarded(lambda: wb.tuned_lens_status(model_name, config))
 # While training runs, the status box refreshes itself every 2 s without rerunning the page.
 st.fragment(show_status, run_every=2.0 if current is not None and current.state == "running" else None)()
 
 st.subheader("2. Compare with the logit lens")
-with st.form("tl_compare"):
-    prompt = st.text_area("Prompt", value="The capital of France is", key="tl_prompt")
+with compare_form.box("tl_compare", "Compare lenses"):
+    st.text_area("Prompt", key=compare_form.key("prompt"))
     cols = st.columns([3, 1])
-    target = cols[0].text_input("Target token (optional, one token)", value=" Paris", key="tl_target")
-    eval_chunks = cols[1].number_input("Held-out chunks", 1, 64, 4, key="tl_eval")
-    submitted = st.form_submit_button("Compare lenses", type="primary")
+    cols[0].text_input("Target token (optional, one token)", key=compare_form.key("target"))
+    cols[1].number_input("Held-out chunks", 1, 64, key=compare_form.key("eval_chunks"))
 
-if submitted:
-    st.session_state["tl_request"] = (model_name, prompt, target, int(eval_chunks), config)
-
-if "tl_request" in st.session_state:
-    req_model, req_prompt, req_target, req_eval, req_config = st.session_state["tl_request"]
-
-    result = ui.compute(
-        f"Comparing lenses on {req_model}",
-        lambda report: wb.compare_lenses(req_model, req_prompt, req_target, req_config, req_eval, report),
-    )
+request = compare_form.submit(config=config)
+if request is not None:
+    config_form.share(request.config)
+    # the service compares the lens as trained so far and fills in its step
+    result = ui.compute(f"Comparing lenses on {model_name}", lambda report: wb.compare_lenses(
+        model_name, request.prompt, request.target, request.config, request.eval_chunks, report))
     if result is not None:
-        ui.chart(figures.held_out(result), "tl_held_out")
-        ui.chart(figures.trajectory(result), "tl_trajectory")
+        ui.remember(result, FigureSource(ANALYSIS.name, model_name,
+                                         dataclasses.replace(request, lens_step=result.lens_step)))
+        ui.chart(ANALYSIS, "held_out", result, key="tl_held_out")
+        ui.chart(ANALYSIS, "trajectory", result, key="tl_trajectory")

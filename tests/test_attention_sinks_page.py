@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import streamlit as st
 
-from tests.page_helpers import decode_plotly, open_page
+from tests.page_helpers import assert_error, chart_specs, decode_plotly, open_page
 
 
 @pytest.fixture
@@ -20,8 +18,7 @@ def test_probe_draws_heatmaps(open_sinks, tiny_dirs):
     at = open_sinks(tiny_dirs["gemma3_text"])
     at.text_area(key="sk_prompt").input("The capital of France is Paris.")
     at.button[0].click().run()
-    assert not at.exception and not at.error
-    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    charts = chart_specs(at)
     assert len(charts) == 5
     layer_token = decode_plotly(charts[0]["data"][0]["z"])
     n_tokens = len(charts[0]["layout"]["xaxis"]["ticktext"])
@@ -39,11 +36,9 @@ def test_batch_mode_and_empty_prompt_set(open_sinks, tiny_dirs):
     at = open_sinks(tiny_dirs["llama"])
     at.text_area(key="lv_prompts").input("One two three four five.\nThe capital of France is Paris.")
     at.button[1].click().run()
-    assert not at.exception and not at.error
-    onsets = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    onsets = chart_specs(at)[0]["data"][0]
     assert decode_plotly(onsets["y"]).shape == (4,)  # one bar per residual slot
     at.text_area(key="lv_prompts").input("   \n  ")
     at.button[1].click().run()
-    assert not at.exception
-    assert "empty" in at.error[0].value
+    assert_error(at, "empty", charts=0)
     st.cache_resource.clear()

@@ -3,32 +3,16 @@ URLs (page state in the query string)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
-from tests.page_helpers import decode_plotly, open_page
+from tests.page_helpers import chart_specs, decode_plotly, open_link, open_page, url_list
 from workbench import summaries
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.analyses.neuron_classes import NeuronClassRequest
-from workbench.config import PROJECT_ROOT
 from workbench.service import Workbench
 
 PROMPT = "The capital of France is"
-
-
-def open_link(app, page: str, params: dict) -> AppTest:
-    """A new session opened on a shared link: ``page`` with ``params`` in its query string.
-    (``app`` provides the throwaway cache; its own session has already run without the link.)"""
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)
-    at.query_params.update(params)
-    return at.switch_page(page).run()
-
-
-def url_list(value) -> list[str]:
-    return value if isinstance(value, list) else [value]
 
 
 def test_compare_two_models_side_by_side_and_on_depth(app, tiny_dirs, settings):
@@ -40,9 +24,7 @@ def test_compare_two_models_side_by_side_and_on_depth(app, tiny_dirs, settings):
     at.text_area(key="cmp_prompt").input(PROMPT)
     at.text_input(key="cmp_target").input("")
     at.button[0].click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-
-    figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    figures = chart_specs(at)
     assert len(figures) == 1 + 2 * 2  # the overlay, then two analyses x two models
     overlay = figures[0]
     names = {t["name"] for t in overlay["data"]}
@@ -79,11 +61,10 @@ def test_a_shared_compare_link_runs_without_a_click(app, tiny_dirs):
     link = {"model": model_a, "cmp_b": model_b, "cmp_analyses": ["attention_sinks"],
             "cmp_prompt": "one two three four five"}
     at = open_link(app, "app_pages/compare.py", link)
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    charts = chart_specs(at)
     assert at.session_state["model_name"] == model_a
-    overlay = json.loads(at.get("plotly_chart")[0].proto.spec)
-    assert {t["name"] for t in overlay["data"]} == {model_a, model_b}
-    assert len(at.get("plotly_chart")) == 3
+    assert {t["name"] for t in charts[0]["data"]} == {model_a, model_b}
+    assert len(charts) == 3
 
 
 def test_compare_errors_are_messages(app, tiny_dirs):
@@ -101,10 +82,10 @@ def test_logit_lens_link_restores_the_form_and_runs(app, tiny_dirs):
     model = str(tiny_dirs["llama"])
     at = open_link(app, "app_pages/logit_lens.py",
                    {"model": model, "ll_prompt": "one two three", "ll_target": "", "ll_top_k": "3"})
-    assert not at.exception and not at.error
+    charts = chart_specs(at)
     assert at.session_state["model_name"] == model
     assert at.text_area(key="ll_prompt").value == "one two three" and at.number_input(key="ll_top_k").value == 3
-    assert len(at.get("plotly_chart")) == 2
+    assert len(charts) == 2
 
 
 def test_bad_url_values_fall_back_to_defaults(app, tiny_dirs):
@@ -135,9 +116,9 @@ def test_concept_depth_link_restores_its_form(app, tiny_dirs):
     link = {"model": str(tiny_dirs["llama"]), "cd_tasks": ["emotional"], "cd_limit": "40", "cd_site": "block_output",
             "cd_noise": "2", "cd_compare": "none"}
     at = open_link(app, "app_pages/concept_depth.py", link)
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    charts = chart_specs(at)
     assert at.multiselect(key="cd_tasks").value == ["emotional"] and at.number_input(key="cd_limit").value == 40
     assert at.radio(key="cd_site").value == "block_output" and at.number_input(key="cd_noise").value == 2
-    assert len(at.get("plotly_chart")) == 1  # the link ran the probes (clean and with noise tokens)
+    assert len(charts) == 1  # the link ran the probes (clean and with noise tokens)
     table = at.dataframe[0].value
     assert sorted(table["noise tokens"].tolist()) == [0, 2] and set(table["task"]) == {"emotional"}

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from tests.page_helpers import decode_plotly, open_page
+from tests.page_helpers import assert_error, chart_specs, decode_plotly, open_page
 
 SUBMIT = "FormSubmitter:cd_form-Run probes"
 
@@ -17,8 +15,7 @@ def test_concept_depth_page_probes_two_models_with_noise(app, tiny_dirs):
     at.selectbox(key="cd_compare").set_value("other: directory or hub id")
     at.text_input(key="cd_compare_custom").input(str(tiny_dirs["gpt2"]))
     at.button(key=SUBMIT).click().run()
-    assert not at.exception and not at.error
-    curves, comparison = (json.loads(chart.proto.spec) for chart in at.get("plotly_chart"))
+    curves, comparison = chart_specs(at)
     lines = [t for t in curves["data"] if t.get("mode") == "lines+markers"]
     assert len(lines) == 2 * 3  # clean and noisy, three metrics each
     x = decode_plotly(lines[0]["x"])
@@ -35,5 +32,4 @@ def test_concept_depth_page_without_tasks_says_what_to_do(app, tiny_dirs):
     at = open_page(app, "app_pages/concept_depth.py", str(tiny_dirs["gpt2"]))
     at.multiselect(key="cd_tasks").set_value([])
     at.button(key=SUBMIT).click().run()
-    assert not at.exception
-    assert "at least one bundled task" in at.error[0].value
+    assert_error(at, "at least one bundled task", charts=0)

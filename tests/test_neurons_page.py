@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from tests.page_helpers import decode_plotly, open_page
+from tests.page_helpers import assert_error, chart_specs, decode_plotly, open_page
 from workbench.analyses.neuron_classes import CLASS_NAMES
 
 
@@ -19,8 +17,7 @@ def page(app, tiny_dirs):
 def test_classes_and_explorer(page):
     at = page
     at.button(key="FormSubmitter:neuron_classes_form-Classify all neurons").click().run()
-    assert not at.exception and not at.error
-    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    specs = chart_specs(at)
     assert len(specs) == 3
     bars = specs[0]["data"]
     assert {b["name"] for b in bars} <= set(CLASS_NAMES)
@@ -33,9 +30,8 @@ def test_classes_and_explorer(page):
     at.number_input(key="ne_factor").set_value(0.0)
     at.checkbox(key="ne_ctx").check()
     at.button(key="FormSubmitter:neuron_explorer_form-Explore neuron").click().run()
-    assert not at.exception and not at.error
+    specs = chart_specs(at)
     assert "Layer 1, neuron 5" in at.subheader[0].value
-    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert len(specs) == 5  # 3 class charts + vocabulary projection + effect
     effect = specs[-1]["data"]
     assert effect[0]["name"] == "clean" and len(decode_plotly(effect[0]["y"])) == 5
@@ -47,5 +43,4 @@ def test_bad_neuron_shows_error(page):
     at = page
     at.number_input(key="ne_layer").set_value(7)
     at.button(key="FormSubmitter:neuron_explorer_form-Explore neuron").click().run()
-    assert not at.exception
-    assert "layers 0..2" in at.error[0].value
+    assert_error(at, "layers 0..2", charts=0)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.page_helpers import decode_plotly, open_page
+from tests.page_helpers import assert_error, chart_specs, decode_plotly, open_page
 from workbench.config import PROJECT_ROOT
 
 
@@ -26,40 +24,33 @@ def test_logit_lens_page_draws_heatmap(app, tiny_dirs):
     at.text_area(key="ll_prompt").input("The capital of France is")
     at.text_input(key="ll_target").input(" Paris")
     at.button[0].click().run()
-    assert not at.exception and not at.error
-    charts = at.get("plotly_chart")
+    charts = chart_specs(at)
     assert len(charts) == 2
-    heatmap = json.loads(charts[0].proto.spec)["data"][0]
-    z = decode_plotly(heatmap["z"])
+    z = decode_plotly(charts[0]["data"][0]["z"])
     n_tokens = 5  # "The| capital| of| France| is" in the tiny tokenizer
     assert z.shape == (3 + 1, n_tokens)  # embed + 3 blocks
     assert ((z >= 0) & (z <= 1)).all()
-    curves = json.loads(charts[1].proto.spec)["data"]
-    assert decode_plotly(curves[0]["y"])[-1] == pytest.approx(0.0, abs=1e-6)  # KL at the last layer
+    assert decode_plotly(charts[1]["data"][0]["y"])[-1] == pytest.approx(0.0, abs=1e-6)  # KL at the last layer
 
 
 def test_empty_prompt_shows_error_not_traceback(app, tiny_dirs):
     at = _pick_model(app, str(tiny_dirs["gpt2"]))
     at.text_area(key="ll_prompt").input("   ")
     at.button[0].click().run()
-    assert not at.exception
-    assert "empty" in at.error[0].value
-    assert len(at.get("plotly_chart")) == 0
+    assert_error(at, "empty", charts=0)
 
 
 def test_unknown_model_shows_error(app):
     at = _pick_model(app, "definitely-not-a-model")
     at.button[0].click().run()
-    assert not at.exception
-    assert "Unknown model" in at.error[0].value
+    assert_error(at, "Unknown model")
 
 
 def test_multi_token_target_shows_error(app, tiny_dirs):
     at = _pick_model(app, str(tiny_dirs["gpt2"]))
     at.text_input(key="ll_target").input(" Parisxyzzy")
     at.button[0].click().run()
-    assert not at.exception
-    assert "not one" in at.error[0].value
+    assert_error(at, "not one")
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in (PROJECT_ROOT / "app_pages").glob("*.py")))

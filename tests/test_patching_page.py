@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from tests.page_helpers import decode_plotly, open_page
+from tests.page_helpers import assert_error, chart_specs, decode_plotly, open_page
 
 
 def _patching_page(at, name: str):
@@ -17,10 +15,9 @@ def _patching_page(at, name: str):
 def test_patching_page_draws_three_maps_per_component(app, tiny_dirs):
     at = _patching_page(app, str(tiny_dirs["llama"]))
     at.button[0].click().run()  # the default IOI pair
-    assert not at.exception and not at.error
-    charts = at.get("plotly_chart")
+    charts = chart_specs(at)
     assert len(charts) == 4  # resid, attn, mlp, heads
-    resid = json.loads(charts[0].proto.spec)["data"]
+    resid = charts[0]["data"]
     assert len(resid) == 3  # activation patching | AtP | RelP side by side
     maps = [decode_plotly(trace["z"]) for trace in resid]
     assert all(m.shape == maps[0].shape for m in maps) and maps[0].shape[0] == 3  # 3 layers
@@ -32,6 +29,4 @@ def test_patching_page_reports_mismatched_lengths(app, tiny_dirs):
     at = _patching_page(app, str(tiny_dirs["gpt2"]))
     at.text_input(key="pt_corrupted").input("When Mary and John went to the store, Mary gave a drink to the")
     at.button[0].click().run()
-    assert not at.exception
-    assert "same number of tokens" in at.error[0].value
-    assert len(at.get("plotly_chart")) == 0
+    assert_error(at, "same number of tokens", charts=0)

@@ -1,18 +1,27 @@
-"""Front-end helpers shared by the pages: the per-process backend, the model picker,
-progress widgets and error display. Widgets and layout only; every computation goes
-through ``workbench.service.Workbench``.
+"""Front-end helpers shared by the pages: the per-process backend, the model picker, running an
+analysis under a progress box, its charts with their export controls, and shareable links.
+Widgets and layout only; every computation goes through ``workbench.service.Workbench``.
+
+A page builds a request (``ui.RequestForm``: kept in session state, mirrored to the URL), runs
+it with ``ui.run(analysis, request)`` and draws ``ui.chart(analysis, figure, result, key=...)``:
+``run`` remembers which model and request produced the result, so the chart's export bundle can
+regenerate it without the page naming them again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import streamlit as st
 
+from workbench.analyses import Analysis
 from workbench.errors import WorkbenchError
+from workbench.export import FigureSource
 from workbench.models import catalog
 from workbench.service import Workbench
 
@@ -31,8 +40,31 @@ def workbench() -> Workbench:
     try:
         return _workbench()
     except WorkbenchError as exc:
-        st.error(str(exc))
+        st.error(escape(str(exc)))
         st.stop()
+
+
+# ---------------------------------------------------------------- text
+
+
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>#$~|:&])")
+_LINE_START = re.compile(r"^(\s*)([-+=]|\d+[.)])", re.MULTILINE)
+
+
+def escape(text: str) -> str:
+    """``text`` (a prompt, token, model name or message holding them) shown literally where
+    Streamlit renders Markdown: no emphasis, links, HTML, LaTeX, emoji codes or lists."""
+    return _LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), _MARKDOWN.sub(r"\\\1", str(text)))
+
+
+def header(title: str, caption: str) -> str:
+    """The page's title and its one-paragraph explanation; returns the model chosen in the sidebar."""
+    st.title(title)
+    st.caption(caption)
+    return selected_model()
+
+
+# ---------------------------------------------------------------- model choice
 
 
 def model_picker() -> str:
@@ -47,7 +79,7 @@ def model_picker() -> str:
     remembered = st.session_state.get("_model_choice", catalog.DEFAULT_MODEL)
     choice = st.sidebar.selectbox(
         "Model", choices, key="model_choice", index=choices.index(remembered) if remembered in choices else 0,
-        format_func=lambda n: catalog.CATALOG[n].label if n in catalog.CATALOG else n,
+        format_func=model_label,
     )
     st.session_state["_model_choice"] = choice
     if choice != OTHER:
@@ -58,6 +90,11 @@ def model_picker() -> str:
     ).strip()
     st.session_state["_model_custom"] = name
     return _use_model(name)
+
+
+def model_label(name: str) -> str:
+    """A model choice as the pickers show it: the catalog's label, else the name itself."""
+    return catalog.CATALOG[name].label if name in catalog.CATALOG else name
 
 
 def _model_from_url(choices: list[str]) -> None:
@@ -82,33 +119,36 @@ def selected_model() -> str:
     return st.session_state.get("model_name", catalog.DEFAULT_MODEL)
 
 
+# ---------------------------------------------------------------- running
+
+
 @contextlib.contextmanager
 def progress(label: str) -> Iterator[Callable[[float | None, str], None]]:
     """A status box with a progress bar, fed by the backend's progress callback."""
-    status = st.status(label, expanded=False)
+    status = st.status(escape(label), expanded=False)
     bar = status.progress(0.0)
 
     def report(fraction: float | None, message: str) -> None:
-        status.update(label=message)
+        status.update(label=escape(message))
         if fraction is not None:
             bar.progress(min(1.0, max(0.0, float(fraction))))
 
     try:
         yield report
     except BaseException:
-        status.update(state="error", label=f"{label}: failed")
+        status.update(state="error", label=f"{escape(label)}: failed")
         raise
-    status.update(state="complete", label=f"{label}: done")
+    status.update(state="complete", label=f"{escape(label)}: done")
 
 
 def compute(label: str, call: Callable[[Callable[[float | None, str], None]], T]) -> T | None:
     """Run ``call(report)`` under a progress box labelled ``label``; errors become messages."""
 
-    def run() -> T:
+    def run_call() -> T:
         with progress(label) as report:
             return call(report)
 
-    return guarded(run)
+    return guarded(run_call)
 
 
 def guarded(action: Callable[[], T]) -> T | None:
@@ -116,68 +156,39 @@ def guarded(action: Callable[[], T]) -> T | None:
     try:
         return action()
     except WorkbenchError as exc:
-        st.error(str(exc))
+        st.error(escape(str(exc)))
     except Exception as exc:  # an unexpected bug: say so plainly, keep the traceback in the server log
         log.exception("unexpected error in a backend call")
-        st.error(f"Unexpected error ({type(exc).__name__}): {exc}. Details are in the server log.")
+        st.error(escape(f"Unexpected error ({type(exc).__name__}): {exc}. Details are in the server log."))
     return None
 
 
-# ---------------------------------------------------------------- shareable URLs
+def run(analysis: Analysis, request, model_name: str | None = None, label: str | None = None):
+    """``analysis`` on ``request`` (on the sidebar's model unless ``model_name``), under a progress
+    box; returns the result, or None after showing why it failed. The result remembers its source
+    (see ``source``), so ``chart`` can offer a bundle that regenerates its figures."""
+    model = model_name or selected_model()
+    result = compute(label or f"{analysis.title} on {model}",
+                     lambda report: workbench().run(analysis, model, request, report))
+    if result is not None:
+        remember(result, FigureSource(analysis.name, model, request))
+    return result
 
 
-def url_default(key: str, default, choices=None, bounds: tuple | None = None):
-    """Seed widget ``key`` from the URL parameter of the same name, else ``default``.
-
-    Call it right before drawing the widget with ``key=key`` and no ``value=``: the widget then
-    shows what a shared link asked for. A value the widget cannot take (not among ``choices``,
-    outside ``bounds``, not a number) falls back to ``default``.
-    """
-    if key not in st.session_state:
-        st.session_state[key] = _url_value(key, default, choices, bounds)
-    return st.session_state[key]
+def remember(result, source: FigureSource) -> None:
+    """Record that ``source`` (analysis, model, request) produced ``result``: for results a page
+    got from a service call other than ``run`` (e.g. the tuned lens, whose step the service fills in)."""
+    sources = st.session_state.setdefault("_result_sources", weakref.WeakKeyDictionary())
+    sources[result] = source
 
 
-def _url_value(key: str, default, choices, bounds):
-    if key not in st.query_params:
-        return default
-    try:
-        if isinstance(default, list):
-            value = [v for v in st.query_params.get_all(key) if choices is None or v in choices]
-            return value
-        raw = st.query_params[key]
-        value = raw in ("1", "true", "True") if isinstance(default, bool) else type(default)(raw)
-    except ValueError:
-        return default
-    if choices is not None and value not in choices:
-        return default
-    if bounds is not None and not bounds[0] <= value <= bounds[1]:
-        return default
-    return value
+def source(result) -> FigureSource | None:
+    """The analysis run that produced ``result`` in this session, if ``run`` (or ``remember``) saw it."""
+    return st.session_state.get("_result_sources", {}).get(result)
 
 
-def share(params: dict) -> None:
-    """Write the page's request (and the model) into the URL, so the address reproduces the view."""
-    encoded = {"model": selected_model()}
-    for name, value in params.items():
-        if isinstance(value, bool):
-            encoded[name] = "1" if value else "0"
-        elif isinstance(value, (list, tuple)):
-            encoded[name] = [str(v) for v in value]
-        else:
-            encoded[name] = str(value)
-    st.query_params.from_dict(encoded)
+from ui.export_panel import chart, plot  # noqa: E402  (needs the helpers above)
+from ui.links import RequestForm  # noqa: E402
 
-
-def opened_from_link(request_key: str, params: list[str]) -> bool:
-    """True once per session when the URL carries this page's request: a shared link runs it."""
-    if request_key in st.session_state or st.session_state.get(f"_linked_{request_key}"):
-        return False
-    st.session_state[f"_linked_{request_key}"] = True
-    return all(p in st.query_params for p in params)
-
-
-from ui.export_panel import chart  # noqa: E402  (needs the helpers above)
-
-__all__ = ["chart", "compute", "guarded", "model_picker", "opened_from_link", "progress", "selected_model", "share",
-           "url_default", "workbench"]
+__all__ = ["OTHER", "RequestForm", "chart", "compute", "escape", "guarded", "header", "model_label", "model_picker",
+           "plot", "progress", "remember", "run", "selected_model", "source", "workbench"]

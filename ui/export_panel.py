@@ -1,4 +1,4 @@
-"""A chart with its export controls: PNG / SVG / PDF at a paper size, the plotted data as CSV,
+"""Charts with their export controls: PNG / SVG / PDF at a paper size, the plotted data as CSV,
 and the regenerable bundle (.zip). Widgets only: rendering is ``workbench.export``'s, and runs
 only when a download is clicked (Streamlit's deferred download data)."""
 
@@ -9,12 +9,22 @@ import streamlit as st
 
 import ui
 from workbench import export
+from workbench.analyses import Analysis
 
 MIME = {"svg": "image/svg+xml", "png": "image/png", "pdf": "application/pdf"}
 
 
-def chart(fig: go.Figure, key: str, spec: export.FigureSpec | None = None, name: str | None = None) -> None:
-    """Draw ``fig`` and, under it, its export controls.
+def chart(analysis: Analysis, figure: str, result, key: str | None = None) -> None:
+    """Figure ``figure`` of ``analysis``'s ``result``, with export controls whose bundle regenerates
+    it from the run that produced the result (remembered by ``ui.run``)."""
+    source = ui.source(result)
+    spec = export.spec_of(analysis.name, figure, source.model_name, source.request) if source else None
+    plot(analysis.figure(figure, result), key or f"{analysis.name}_{figure}", spec, name=f"{analysis.name}-{figure}")
+
+
+def plot(fig: go.Figure, key: str, spec: export.FigureSpec | None = None, name: str | None = None) -> None:
+    """Draw ``fig`` and, under it, its export controls: for views that are no single analysis's
+    figure (a training curve, several results in one plot, the compare overlay).
 
     ``spec`` names the analysis runs the figure is drawn from; with it the bundle's manifest can
     regenerate the figure (``python -m workbench regenerate``), without it the bundle records the
@@ -61,4 +71,3 @@ def _bundle(fig: go.Figure, spec: export.FigureSpec | None, style: export.PaperS
     if spec is not None:
         return export.make_bundle(ui.workbench(), spec, style, formats).zip_bytes()
     return export.figure_bundle(fig, style, formats).zip_bytes()
-
