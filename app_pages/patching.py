@@ -37,8 +37,18 @@ with one_pair:
         left.text_input("Answer token (clean)", key=pair_form.key("answer"))
         right.text_input("Wrong-answer token", key=pair_form.key("wrong"))
         rule_toggles(pair_form)
-    result = pair_form.run(patching.ANALYSIS, "Enter a clean/corrupted pair and press **Run patching**.")
+    live = st.empty()  # AtP and RelP show here within seconds; activation patching then fills in block by block
+
+    def show_partial(partial) -> None:
+        with live.container():
+            st.caption("AtP and RelP are done; activation patching is filling in (blank cells have not run yet).")
+            for component in (*SITES, HEADS) if partial.has_heads else SITES:
+                st.plotly_chart(patching.ANALYSIS.figure(component, partial))
+
+    result = pair_form.run(patching.ANALYSIS, "Enter a clean/corrupted pair and press **Run patching**.",
+                           on_partial=show_partial)
     if result is not None:
+        live.empty()
         st.caption(
             f"Seconds: activation patching {result.seconds_act:.1f}, AtP {result.seconds_atp:.2f}, "
             f"RelP {result.seconds_relp:.2f} (first run; cached afterwards)."
@@ -53,9 +63,18 @@ with scoreboard:
         cols[1].number_input("Seed", 0, 10_000, key=board_form.key("seed"))
         cols[2].number_input("Top-k for overlap", 1, 1000, key=board_form.key("top_k"))
         rule_toggles(board_form)
+    live_board = st.empty()
+
+    def show_board(partial) -> None:
+        with live_board.container():
+            st.caption(f"Scoreboard of the first {partial.n_pairs} pairs (updates after every pair).")
+            st.plotly_chart(patching_faithfulness.ANALYSIS.figure("pearson", partial))
+
     board = board_form.run(patching_faithfulness.ANALYSIS,
-                           "Each pair is activation-patched at every layer and position: expect minutes on a CPU.")
+                           "Each pair is activation-patched at every layer and position: about a minute per pair "
+                           "on two CPU cores for the default model.", on_partial=show_board)
     if board is not None:
+        live_board.empty()
         left, right = st.columns(2)
         for measure, place in (("pearson", left), ("spearman", right), ("topk_overlap", st.container())):
             with place:

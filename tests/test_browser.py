@@ -103,3 +103,24 @@ def test_switch_model_compare_and_download_svg(server, page, tmp_path):
         assert {"figure.svg", "figure.png", "figure.pdf", "data.csv", "figure.json"} <= set(archive.namelist())
     assert manifest["figure"] == "summary_overlay"
     assert {s["model"] for s in manifest["sources"]} == {"gemma3-270m", "smollm2-135m"}
+
+
+def test_patching_shows_atp_and_relp_before_activation_patching_finishes(server, page):
+    """On the default model, the AtP/RelP maps appear while activation patching is still running
+    (its progress box still open), then the final maps replace them."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/patching")
+    page.wait_for_selector(IDLE, timeout=60_000)
+    page.get_by_role("button", name="Run patching").click()
+    filling = page.get_by_text("activation patching is filling in")
+    expect(filling).to_be_visible(timeout=240_000)
+    assert page.locator(IDLE).count() == 0  # the script is still running: activation patching has not finished
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    expect(charts.first).to_be_visible(timeout=60_000)
+    svg_text = " ".join(charts.first.locator("svg").all_text_contents())
+    assert "attribution patching (AtP)" in svg_text and "relevance patching (RelP)" in svg_text
+    page.wait_for_selector(IDLE, timeout=600_000)
+    expect(filling).to_have_count(0)
+    assert charts.count() == 4  # the final maps: resid, attn, mlp, heads
+    assert page.locator('[data-testid="stException"]').count() == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -122,14 +123,24 @@ def selected_model() -> str:
 # ---------------------------------------------------------------- running
 
 
+def remaining(fraction: float | None, elapsed: float) -> str:
+    """A rough time left on this machine from the share done so far (after the first few percent)."""
+    if fraction is None or not 0.02 <= fraction < 1.0 or elapsed < 1.0:
+        return ""
+    left = elapsed * (1.0 - fraction) / fraction
+    return f" (about {left:.0f} s left)" if left < 90 else f" (about {left / 60:.0f} min left)"
+
+
 @contextlib.contextmanager
 def progress(label: str) -> Iterator[Callable[[float | None, str], None]]:
-    """A status box with a progress bar, fed by the backend's progress callback."""
+    """A status box with a progress bar, fed by the backend's progress callback; once a share of
+    the work is done it also says roughly how long the rest will take on this machine."""
     status = st.status(escape(label), expanded=False)
     bar = status.progress(0.0)
+    started = time.monotonic()
 
     def report(fraction: float | None, message: str) -> None:
-        status.update(label=escape(message))
+        status.update(label=escape(message + remaining(fraction, time.monotonic() - started)))
         if fraction is not None:
             bar.progress(min(1.0, max(0.0, float(fraction))))
 
@@ -163,13 +174,14 @@ def guarded(action: Callable[[], T]) -> T | None:
     return None
 
 
-def run(analysis: Analysis, request, model_name: str | None = None, label: str | None = None):
+def run(analysis: Analysis, request, model_name: str | None = None, label: str | None = None, on_partial=None):
     """``analysis`` on ``request`` (on the sidebar's model unless ``model_name``), under a progress
     box; returns the result, or None after showing why it failed. The result remembers its source
-    (see ``source``), so ``chart`` can offer a bundle that regenerates its figures."""
+    (see ``source``), so ``chart`` can offer a bundle that regenerates its figures. ``on_partial``
+    draws the partial results an analysis reports while it runs (e.g. patching: AtP and RelP first)."""
     model = model_name or selected_model()
     result = compute(label or f"{analysis.title} on {model}",
-                     lambda report: workbench().run(analysis, model, request, report))
+                     lambda report: workbench().run(analysis, model, request, report, on_partial))
     if result is not None:
         remember(result, FigureSource(analysis.name, model, request))
     return result

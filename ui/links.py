@@ -98,16 +98,17 @@ class RequestForm:
             self.share(self.request)
         return self.request
 
-    def run(self, analysis, hint: str, **overrides):
+    def run(self, analysis, hint: str, on_partial=None, **overrides):
         """``analysis`` on the request to show (see ``submit``) under a progress box: its result, or
-        None after showing why (``hint`` says what to do when there is no request yet)."""
+        None after showing why (``hint`` says what to do when there is no request yet).
+        ``on_partial(result)`` draws the partial results of an analysis that reports them."""
         from ui import run
 
         request = self.submit(**overrides)
         if request is None:
             st.info(hint)
             return None
-        return run(analysis, request)
+        return run(analysis, request, on_partial=on_partial)
 
     # ------------------------------------------------------------------ URL
 
