@@ -24,8 +24,12 @@ ui.header("LayerLens workbench", "Look inside transformer language models layer 
 entry = ui.guarded(lambda: catalog.resolve(ui.selected_model()))
 if entry is not None:
     st.subheader(ui.escape(entry.label))
-    if entry.note:
-        st.info(entry.note)
+    if entry.detail or entry.note:
+        st.info(f"{entry.detail} {entry.note}".strip())
+    if isinstance(entry.source, catalog.HubRepo) and not ui.workbench().settings.hub_allowed:
+        st.warning(f"{ui.escape(entry.name)} is not a catalog model or a local directory, so it would come from "
+                   "the HuggingFace hub, but hub downloads are off. Start the workbench with "
+                   "`LAYERLENS_ALLOW_HUB=1` to allow them, or pick a catalog model or a local model directory.")
 st.markdown(
     "Every chart can be exported for a paper (SVG, PNG, PDF, or a bundle with its data and a manifest "
     "that regenerates it), every page's address can be shared, and **Compare models** puts two models "

@@ -5,6 +5,8 @@ import dataclasses
 import streamlit as st
 
 import ui
+from workbench.analyses import linear_shortcut
+from workbench.analyses.linear_shortcut import LinearShortcutRequest
 from workbench.analyses.tuned_lens import ANALYSIS, LensComparisonRequest, TunedLensConfig
 from workbench.export import FigureSource
 from workbench.figures.tuned_lens import loss_curve
@@ -14,6 +16,27 @@ model_name = ui.header(
     "matches the final one (KL). Trained on the Python Language Reference that ships with CPython; every fifth topic "
     "is held out for evaluation. Training runs in the background; stop it at any time and resume later.")
 wb = ui.workbench()
+UNDER_TRAINED_STEPS = 100  # below this a tuned lens is still close to the logit lens it starts from
+
+st.subheader("Instant: the linear shortcut")
+st.caption("Din et al. (2023), 'Jump to Conclusions': per layer, the affine map from that layer's state to the last "
+           "layer's state that fits the corpus best, solved in closed form (no training loop: seconds). Compared with "
+           "the logit lens in the same views as the tuned lens below.")
+shortcut_form = ui.RequestForm("ls", LinearShortcutRequest("The capital of France is", " Paris"),
+                               names={"fit_chunks": "fit", "eval_chunks": "eval", "chunk_tokens": "chunk"},
+                               bounds={"fit_chunks": (8, 512), "eval_chunks": (1, 64), "chunk_tokens": (16, 512)})
+with shortcut_form.box("ls_form", "Fit and compare"):
+    st.text_area("Prompt", key=shortcut_form.key("prompt"), height=68)
+    cols = st.columns([3, 1, 1])
+    cols[0].text_input("Target token (optional, one token)", key=shortcut_form.key("target"))
+    cols[1].number_input("Fitting chunks", 8, 512, step=8, key=shortcut_form.key("fit_chunks"))
+    cols[2].number_input("Held-out chunks", 1, 64, key=shortcut_form.key("eval_chunks"))
+shortcut = shortcut_form.run(linear_shortcut.ANALYSIS, "Press **Fit and compare** for the instant learned lens.")
+if shortcut is not None:
+    ui.chart(linear_shortcut.ANALYSIS, "held_out", shortcut, key="ls_held_out")
+    ui.chart(linear_shortcut.ANALYSIS, "trajectory", shortcut, key="ls_trajectory")
+
+st.subheader("Trained: the tuned lens")
 config_form = ui.RequestForm("tl", TunedLensConfig(), names={"chunk_tokens": "chunk"}, state="config",
                              bounds={"chunk_tokens": (16, 512), "lr": (1e-5, 1e-1), "seed": (0, 10_000)})
 compare_form = ui.RequestForm("tl", LensComparisonRequest("The capital of France is", " Paris"),
@@ -71,6 +94,10 @@ if request is not None:
     result = ui.compute(f"Comparing lenses on {model_name}", lambda report: wb.compare_lenses(
         model_name, request.prompt, request.target, request.config, request.eval_chunks, report))
     if result is not None:
+        if result.lens_step < UNDER_TRAINED_STEPS:
+            st.warning(f"This tuned lens has had only {result.lens_step} training steps, so it is still close to the "
+                       "logit lens it starts from: its numbers say little yet. Train it further (a few hundred "
+                       "steps) and compare again, or use the linear shortcut above, which needs no training.")
         ui.remember(result, FigureSource(ANALYSIS.name, model_name,
                                          dataclasses.replace(request, lens_step=result.lens_step)))
         ui.chart(ANALYSIS, "held_out", result, key="tl_held_out")

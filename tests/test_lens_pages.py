@@ -48,6 +48,21 @@ def test_tuned_lens_page_trains_and_compares(app, tiny_dirs):
     held_out = next(c for c in charts if "held-out" in c["layout"]["title"]["text"])
     assert len(held_out["data"]) == 6  # logit and tuned lens in three panels
     assert "trained 3 steps" in held_out["layout"]["title"]["text"]
+    assert any("only 3 training steps" in w.value for w in at.warning)  # an under-trained lens is flagged
+
+
+def test_linear_shortcut_on_the_tuned_lens_page_needs_no_training(app, tiny_dirs):
+    at = open_page(app, "app_pages/tuned_lens.py", str(tiny_dirs["llama"]))
+    at.number_input(key="ls_fit").set_value(16)
+    at.number_input(key="ls_eval").set_value(2)
+    at.button(key="FormSubmitter:ls_form-Fit and compare").click().run()
+    assert not at.exception and not at.error
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    held_out = next(c for c in charts if "held-out" in c["layout"]["title"]["text"])
+    assert "linear shortcut" in held_out["layout"]["title"]["text"]
+    assert "fitted in closed form" in held_out["layout"]["title"]["text"]
+    kl_logit, kl_shortcut = (decode_plotly(trace["y"]) for trace in held_out["data"][:2])
+    assert kl_shortcut[-1] == pytest.approx(kl_logit[-1], abs=1e-9)  # the last slot is the model's own output
 
 
 def test_tuned_lens_compare_before_training_is_a_clear_error(app, tiny_dirs):

