@@ -22,7 +22,7 @@ import pytest
 from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, IDLE, streamlit_server
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.config import Settings
-from workbench.figures import display_token
+from workbench.figures.logit_lens import cell_labels
 from workbench.service import Workbench
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -72,7 +72,7 @@ def _lens_url(server: str, model: str, prompt: str | None = None) -> str:
 def _check_heatmap(shown: dict, result) -> None:
     """Every cell of the page's heatmap is the backend's top-1 token and probability."""
     assert re.sub(r"<[^>]+>", "", shown["title"]) == f"Logit lens: {result.model_name}"  # the page may bold it
-    expected_text = np.vectorize(display_token)(result.top_tokens[:, :, 0])
+    expected_text = cell_labels(result)  # display_token of each top-1 token, cut with '…' to its cell
     assert np.array(shown["text"]).tolist() == expected_text.tolist()
     np.testing.assert_allclose(np.array(shown["z"], dtype=float), result.top_probs[:, :, 0], rtol=0, atol=1e-6)
 

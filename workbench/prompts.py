@@ -7,6 +7,8 @@ by default, so Gemma gets its ``<bos>`` and SmolLM2 gets none, as in normal use.
 
 from __future__ import annotations
 
+import functools
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -64,8 +66,45 @@ def encode(model: LoadedModel, prompt: object, settings: Settings) -> EncodedPro
 
 
 def token_strings(model: LoadedModel, ids) -> tuple[str, ...]:
-    """Each id decoded on its own (so leading spaces and byte pieces stay visible)."""
-    return tuple(model.tokenizer.decode([int(i)]) for i in ids)
+    """Each id decoded on its own (so leading spaces stay visible). A piece that is not whole UTF-8
+    text (decoding gives U+FFFD) is shown by its bytes instead: '<0xE2>' for a byte-fallback token
+    (SentencePiece, e.g. Gemma), ' <0xE6>' for a partial byte-level BPE piece (GPT-2, SmolLM2)."""
+    return tuple(_token_string(model.tokenizer, int(i)) for i in ids)
+
+
+_BYTE_TOKEN = re.compile(r"(?:<0x[0-9A-Fa-f]{2}>)+")
+
+
+def _token_string(tokenizer, token_id: int) -> str:
+    text = tokenizer.decode([token_id])
+    if "\ufffd" not in text:
+        return text
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    if not isinstance(piece, str):
+        return text
+    if _BYTE_TOKEN.fullmatch(piece):  # byte fallback: the tokenizer's own '<0xE2>'
+        return piece.upper().replace("<0X", "<0x")
+    table = _byte_level_table()
+    if piece and all(c in table for c in piece):  # byte-level BPE: each character stands for one byte
+        return bytes_text(bytes(table[c] for c in piece))
+    return text
+
+
+def bytes_text(data: bytes) -> str:
+    """``data`` as text: whole UTF-8 characters as themselves, any other byte as '<0xNN>'."""
+    text = data.decode("utf-8", errors="surrogateescape").replace("\ufffd", "<0xEF><0xBF><0xBD>")
+    return re.sub("[\udc80-\udcff]", lambda m: f"<0x{ord(m.group()) - 0xDC00:02X}>", text)
+
+
+@functools.cache
+def _byte_level_table() -> dict[str, int]:
+    """Character -> byte of byte-level BPE (GPT-2's ``bytes_to_unicode``, inverted): printable
+    Latin-1 bytes stand for themselves, the other 68 bytes for the characters from U+0100 on."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {chr(b): b for b in kept}
+    moved = [b for b in range(256) if chr(b) not in table]
+    table.update({chr(256 + n): b for n, b in enumerate(moved)})
+    return table
 
 
 def single_token_id(model: LoadedModel, answer: object) -> int:

@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from workbench import axes
 from workbench.analyses.attention_sinks import KIND_NONE, SinkProbeResult
 from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token
+from workbench.figures.axes import keep_labels, log_axis, token_axis
 
 
 def slot_labels(n_layers: int) -> list[str]:
@@ -23,12 +24,28 @@ def first_label(result) -> str:
 
 
 def _token_axis(tokens) -> dict:
-    return {
-        "title": "token (key position)",
-        "tickmode": "array",
-        "tickvals": list(range(len(tokens))),
-        "ticktext": [f"{display_token(t)}" for t in tokens],
-    }
+    """Key positions labelled with their tokens (long ones cut with '…'; the hover and the data
+    export give them whole)."""
+    return token_axis(tokens, "token (key position)")
+
+
+def _token_hover(tokens, rows: int) -> np.ndarray:
+    """(rows, seq) the full token of each column, for a heatmap's hover."""
+    return np.broadcast_to(np.array([display_token(t) for t in tokens], dtype=object), (rows, len(tokens)))
+
+
+def _cell_hover(values: np.ndarray, tokens, y_labels) -> np.ndarray:
+    """(rows, seq, 3) per cell: its value, the full token of its column and the label of its row."""
+    rows, seq = values.shape
+    out = np.empty((rows, seq, 3), dtype=object)
+    out[:, :, 0] = values.astype(np.float64)
+    out[:, :, 1] = _token_hover(tokens, rows)
+    out[:, :, 2] = np.array(y_labels, dtype=object)[:, None]
+    return out
+
+
+def _with_labels(fig: go.Figure, tokens, y_labels) -> go.Figure:
+    return keep_labels(fig, xaxis=[display_token(t) for t in tokens], yaxis=y_labels)
 
 
 def _int_axis(title: str, labels: list[str]) -> dict:
@@ -47,7 +64,8 @@ def layer_token_heatmap(result: SinkProbeResult) -> go.Figure:
             zmin=0.0,
             zmax=1.0,
             colorbar={"title": {"text": "heads sinking"}},
-            hovertemplate="layer %{y}, key %{x}: %{z:.2f} of heads<extra></extra>",
+            customdata=_token_hover(result.tokens, n_layers),
+            hovertemplate="layer %{y}, key %{x} %{customdata}: %{z:.2f} of heads<extra></extra>",
         )
     )
     fig.update_layout(
@@ -57,7 +75,7 @@ def layer_token_heatmap(result: SinkProbeResult) -> go.Figure:
         height=max(380, 18 * n_layers + 160),
         margin={"l": 70, "r": 20, "t": 60, "b": 60},
     )
-    return fig
+    return _with_labels(fig, result.tokens, [str(i) for i in range(n_layers)])
 
 
 def layer_head_heatmap(result: SinkProbeResult, position: int = 0) -> go.Figure:
@@ -101,21 +119,22 @@ def norm_heatmap(result: SinkProbeResult) -> go.Figure:
             z=np.log10(np.maximum(result.resid_norms, 1e-12)),
             x=np.arange(seq),
             y=np.arange(slots),
-            customdata=result.resid_norms,
+            customdata=_cell_hover(result.resid_norms, result.tokens, slot_labels(slots - 1)),
             colorscale=SEQUENTIAL,
             colorbar={"title": {"text": "log10 ‖h‖"}},
-            hovertemplate="slot %{y}, token %{x}: ‖h‖ = %{customdata:.1f}<extra></extra>",
+            hovertemplate="after block %{customdata[2]}, token %{x} %{customdata[1]}: "
+                          "‖h‖ = %{customdata[0]:.1f}<extra></extra>",
         )
     )
     _mark_window(fig, result)
     fig.update_layout(
-        title="Hidden-state norm per layer (dashed: BOS sink window)",
+        title=f"Hidden-state norm of every token per layer (dashed: BOS sink window): {result.model_name}",
         xaxis=_token_axis(result.tokens),
         yaxis=_int_axis("residual after block", slot_labels(slots - 1)),
         height=max(400, 16 * slots + 160),
         margin={"l": 70, "r": 20, "t": 60, "b": 60},
     )
-    return fig
+    return _with_labels(fig, result.tokens, slot_labels(slots - 1))
 
 
 def cosine_heatmap(result: SinkProbeResult) -> go.Figure:
@@ -129,12 +148,13 @@ def cosine_heatmap(result: SinkProbeResult) -> go.Figure:
             y=np.arange(slots),
             text=marks,
             texttemplate="%{text}",
-            customdata=result.cos_to_first,
+            customdata=_cell_hover(result.cos_to_first, result.tokens, slot_labels(slots - 1)),
             colorscale=SEQUENTIAL,
             zmin=0.0,
             zmax=1.0,
             colorbar={"title": {"text": "|cos|"}},
-            hovertemplate="slot %{y}, token %{x}: cos = %{customdata:.3f}<extra></extra>",
+            hovertemplate="after block %{customdata[2]}, token %{x} %{customdata[1]}: "
+                          "cos = %{customdata[0]:.3f}<extra></extra>",
         )
     )
     _mark_window(fig, result)
@@ -145,7 +165,7 @@ def cosine_heatmap(result: SinkProbeResult) -> go.Figure:
         height=max(400, 16 * slots + 160),
         margin={"l": 70, "r": 20, "t": 60, "b": 60},
     )
-    return fig
+    return _with_labels(fig, result.tokens, slot_labels(slots - 1))
 
 
 def first_norm_curve(result: SinkProbeResult) -> go.Figure:
@@ -161,12 +181,13 @@ def first_norm_curve(result: SinkProbeResult) -> go.Figure:
     fig.add_vrect(x0=result.window_start - 0.5, x1=result.window_end + 0.5, fillcolor=LINE_COLORS[2],
                   opacity=0.15, line_width=0, annotation_text="BOS sink window")
     fig.update_layout(
-        title=f"Norm of the {first_label(result)} per layer",
+        title=f"Hidden-state norm of the {first_label(result)} per layer: {result.model_name}",
         xaxis=_int_axis("residual after block", slot_labels(slots - 1)),
-        yaxis={"title": "‖h‖", "type": "log"},
+        yaxis={"title": "‖h‖"},
         height=360,
         margin={"l": 70, "r": 20, "t": 60, "b": 60},
     )
+    log_axis(fig, result.resid_norms[:, 0])
     return fig
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.figures import LINE_COLORS
+from workbench.figures.axes import log_axis
 from workbench.summaries import LayerSummary
 
 DASHES = ("solid", "dash", "dot", "dashdot")
@@ -32,8 +34,10 @@ def summary_overlay(rows: list[LayerSummary], title: str = "") -> go.Figure:
             customdata=list(row.layer_labels),
             hovertemplate=f"{row.model_name}<br>layer %{{customdata}} (l/L=%{{x:.2f}})<br>%{{y:.4g}}<extra></extra>",
         ), row=index // cols + 1, col=index % cols + 1)
-        if "rank" in row.metric:
-            fig.update_yaxes(type="log", autorange="reversed", row=index // cols + 1, col=index % cols + 1)
+    for index, metric in enumerate(metrics):
+        if "rank" in metric:  # ranks span decades: a log axis labelled at decades, 1 (the top) on top
+            values = np.concatenate([r.values for r in rows if r.metric == metric])
+            log_axis(fig, values, reverse=True, row=index // cols + 1, col=index % cols + 1)
     fig.update_xaxes(range=[-0.02, 1.02], dtick=0.25)
     fig.update_xaxes(title_text="normalised depth l/L", row=n_rows)  # the bottom row only
     fig.update_layout(title=title or "Per-layer summaries on normalised depth", height=300 * n_rows + 100,

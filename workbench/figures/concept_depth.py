@@ -18,7 +18,7 @@ def label(result: ConceptDepthResult, with_model: bool) -> str:
     return f"{result.model_name}: {text}" if with_model else text
 
 
-def curves(results: list[ConceptDepthResult], title: str = "Concept depth") -> go.Figure:
+def curves(results: list[ConceptDepthResult], title: str = "") -> go.Figure:
     """Test-split metrics per block of every result on one normalised-depth axis.
 
     Colour = task, dash = model (then noise), star = concept depth (first block reaching
@@ -52,6 +52,9 @@ def curves(results: list[ConceptDepthResult], title: str = "Concept depth") -> g
         fig.add_hline(y=0.5, line={"color": "grey", "width": 1, "dash": "dot"}, row=1, col=3)
     fig.update_xaxes(title_text="normalised depth l/L", range=[0, 1.02], dtick=0.1)
     fig.update_yaxes(range=[0.3, 1.02])
+    if not title:
+        title = "Concept depth: probe accuracy, F1 and ROC-AUC per layer" + (f" ({', '.join(models)})"
+                                                                              if models else "")
     fig.update_layout(title=title, height=430, legend={"orientation": "h", "y": -0.25},
                       margin={"l": 50, "r": 20, "t": 70, "b": 80})
     return fig

@@ -8,6 +8,7 @@ from plotly.subplots import make_subplots
 
 from workbench.analyses.depth_use import DepthUseResult
 from workbench.figures import LINE_COLORS, SEQUENTIAL
+from workbench.figures.axes import KL_FLOOR, floored, log_axis
 
 
 def _line(x, y, name: str, color: str, dash: str | None = None) -> go.Scatter:
@@ -17,7 +18,7 @@ def _line(x, y, name: str, color: str, dash: str | None = None) -> go.Scatter:
 def contributions(result: DepthUseResult) -> go.Figure:
     """Relative norm and cosine of the attention and MLP contributions, per block."""
     layers = np.arange(result.n_layers)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+    fig = make_subplots(rows=1, cols=2, x_title="block", subplot_titles=(
         "‖contribution‖ / ‖residual‖", "cos(contribution, residual)"))
     fig.add_trace(_line(layers, result.attn_rel_norm, "attention", LINE_COLORS[0]), row=1, col=1)
     fig.add_trace(_line(layers, result.mlp_rel_norm, "MLP", LINE_COLORS[1]), row=1, col=1)
@@ -25,8 +26,7 @@ def contributions(result: DepthUseResult) -> go.Figure:
     fig.add_trace(_line(layers, result.mlp_cos, "MLP", LINE_COLORS[1]), row=1, col=2)
     fig.update_traces(showlegend=False, row=1, col=2)
     fig.add_hline(y=0, line={"color": "grey", "width": 1}, row=1, col=2)
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_xaxes(title_text="block")
+    log_axis(fig, np.concatenate([result.attn_rel_norm, result.mlp_rel_norm]), row=1, col=1)
     positions = "all positions" if result.include_first_token else "positions after the first"
     fig.update_layout(title=f"Sublayer contributions: {result.model_name} (mean over {positions})",
                       height=380, margin={"l": 60, "r": 20, "t": 70, "b": 50})
@@ -38,8 +38,13 @@ def skip_effects(result: DepthUseResult) -> go.Figure:
     layers = np.arange(result.n_layers)
     fig = make_subplots(rows=1, cols=2, column_widths=[0.45, 0.55], subplot_titles=(
         "KL(original ‖ block skipped)", "relative change of later block outputs"))
-    fig.add_trace(_line(layers, result.skip_kl_last, "last position", LINE_COLORS[2]), row=1, col=1)
-    fig.add_trace(_line(layers, result.skip_kl_mean, "mean over positions", LINE_COLORS[3], "dot"), row=1, col=1)
+    for values, name, color, dash in ((result.skip_kl_last, "last position", LINE_COLORS[2], None),
+                                      (result.skip_kl_mean, "mean over positions", LINE_COLORS[3], "dot")):
+        y, notes, symbols = floored(values)  # a KL of 0 (or below the floor) stays on the log axis
+        trace = _line(layers, y, name, color, dash)
+        trace.update(marker={"symbol": symbols}, customdata=notes,
+                     hovertemplate=f"skip block %{{x}}: %{{customdata}}<extra>{name}</extra>")
+        fig.add_trace(trace, row=1, col=1)
     later = np.triu(np.ones_like(result.skip_resid_change), 1) > 0
     change = np.where(later, result.skip_resid_change, np.nan)
     fig.add_trace(go.Heatmap(  # log colour scale: skipping an early block can change later ones 100x more
@@ -47,12 +52,14 @@ def skip_effects(result: DepthUseResult) -> go.Figure:
         colorscale=SEQUENTIAL, colorbar={"title": {"text": "log10 ‖Δh‖/‖h‖"}},
         hovertemplate="skip block %{y}, block %{x} output: %{customdata:.3f}<extra></extra>",
     ), row=1, col=2)
-    fig.update_yaxes(type="log", title_text="nats", row=1, col=1)
+    log_axis(fig, np.maximum(np.concatenate([result.skip_kl_last, result.skip_kl_mean]), KL_FLOOR),
+             title_text="nats", row=1, col=1)
     fig.update_xaxes(title_text="skipped block", row=1, col=1)
     fig.update_xaxes(title_text="later block", row=1, col=2)
     fig.update_yaxes(title_text="skipped block", autorange="reversed", row=1, col=2)
-    fig.update_layout(height=420, legend={"orientation": "h", "y": -0.2},
-                      margin={"l": 60, "r": 20, "t": 50, "b": 60})
+    fig.update_layout(title=f"Skipping one block: output KL and change of later blocks ({result.model_name})",
+                      height=420, legend={"orientation": "h", "y": -0.2},
+                      margin={"l": 60, "r": 20, "t": 80, "b": 60})
     return fig
 
 

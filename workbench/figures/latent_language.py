@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from workbench.analyses.latent_language import LatentLanguageResult, languages
 from workbench.figures import LINE_COLORS
+from workbench.figures.axes import keep_labels
 
 
 def _hex_to_rgba(color: str, alpha: float) -> str:
@@ -38,16 +39,17 @@ def probabilities(result: LatentLanguageResult, only_correct: bool = False) -> g
         _band(fig, x, result.p_pivot[keep], names[result.pivot_lang], LINE_COLORS[0])
         _band(fig, x, result.p_answer[keep], names[result.target_lang], LINE_COLORS[1])
     task = result.task if result.task != "translation" else f"translation {result.source_lang}→{result.target_lang}"
+    shown = (f"the {int(keep.sum())} prompts it answers correctly (of {len(result.prompts)})" if only_correct else
+             f"all {len(result.prompts)} prompts (model correct on {result.final_correct.mean():.0%})")
     fig.update_layout(
-        title=(f"Latent language: {result.model_name}, {task}: {int(keep.sum())} prompts"
-               f" (model correct on {result.final_correct.mean():.0%} of {len(result.prompts)})"),
+        title=f"Latent language: {result.model_name}, {task}: {shown}",
         xaxis={"title": "layer", "tickmode": "array", "tickvals": list(x[:: max(1, len(x) // 10)]),
                "ticktext": list(result.layer_labels[:: max(1, len(x) // 10)])},
         yaxis={"title": "logit-lens probability", "range": [0, 1]},
         height=420, legend={"orientation": "h", "y": 1.02, "x": 1, "xanchor": "right", "yanchor": "bottom"},
         margin={"l": 60, "r": 20, "t": 80, "b": 50},
     )
-    return fig
+    return keep_labels(fig, xaxis=list(result.layer_labels))
 
 
 FIGURES = {"probabilities": probabilities, "probabilities_correct": partial(probabilities, only_correct=True)}

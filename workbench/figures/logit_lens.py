@@ -8,12 +8,20 @@ from plotly.subplots import make_subplots
 
 from workbench.analyses.logit_lens import LogitLensResult
 from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token
+from workbench.figures.axes import CELL_TEXT_PX, cell_chars, keep_labels, log_axis, shorten, token_axis
+
+
+def cell_labels(result: LogitLensResult) -> np.ndarray:
+    """(slot, seq) str: the top-1 token of each cell as drawn in it, cut with '…' to the cell's width
+    (the hover gives it whole)."""
+    width = cell_chars(result.top_tokens.shape[1])
+    return np.vectorize(lambda t: shorten(display_token(t), width), otypes=[object])(result.top_tokens[:, :, 0])
 
 
 def heatmap(result: LogitLensResult) -> go.Figure:
     """Top-1 token of every (slot, position), coloured by its probability; hover shows top-k."""
     n_rows, seq, k = result.top_ids.shape
-    top_text = np.vectorize(display_token)(result.top_tokens)
+    top_text = np.vectorize(display_token, otypes=[object])(result.top_tokens)
     hover = np.empty((n_rows, seq), dtype=object)
     for row in range(n_rows):
         for pos in range(seq):
@@ -29,9 +37,9 @@ def heatmap(result: LogitLensResult) -> go.Figure:
             z=result.top_probs[:, :, 0],
             x=np.arange(seq),
             y=np.arange(n_rows),
-            text=top_text[:, :, 0],
+            text=cell_labels(result),
             texttemplate="%{text}",
-            textfont={"size": 10},
+            textfont={"size": CELL_TEXT_PX},
             customdata=hover,
             hovertemplate="%{customdata}<extra></extra>",
             colorscale=SEQUENTIAL,
@@ -42,12 +50,7 @@ def heatmap(result: LogitLensResult) -> go.Figure:
     )
     fig.update_layout(
         title=f"Logit lens: {result.model_name}",
-        xaxis={
-            "title": "input token",
-            "tickmode": "array",
-            "tickvals": list(range(seq)),
-            "ticktext": [display_token(t) for t in result.tokens],
-        },
+        xaxis=token_axis(result.tokens, "input token"),
         yaxis={
             "title": "layer (residual after block)",
             "tickmode": "array",
@@ -57,18 +60,20 @@ def heatmap(result: LogitLensResult) -> go.Figure:
         height=max(420, 22 * n_rows + 160),
         margin={"l": 70, "r": 20, "t": 60, "b": 60},
     )
-    return fig
+    return keep_labels(fig, xaxis=[display_token(t) for t in result.tokens], yaxis=result.layer_labels)
 
 
 def layer_curves(result: LogitLensResult) -> go.Figure:
-    """Per-layer KL(final || layer) at the last position and, if asked, the target's rank."""
+    """Per-layer KL(final || layer) at the last position and, if asked, the target's rank (log axis,
+    labelled at decades)."""
     has_target = bool(result.target_token)
+    target = display_token(result.target_token)
     fig = make_subplots(
         rows=1,
         cols=2 if has_target else 1,
         subplot_titles=(
             ["KL(final ‖ layer) at the last position"]
-            + ([f"rank of {display_token(result.target_token)!s} at the last position"] if has_target else [])
+            + ([f"rank of {target!s} at the last position"] if has_target else [])
         ),
     )
     layers = np.arange(len(result.layer_labels))
@@ -90,13 +95,16 @@ def layer_curves(result: LogitLensResult) -> go.Figure:
             ),
             row=1, col=2,
         )
-        fig.update_yaxes(type="log", autorange="reversed", title_text="rank (1 = top)", row=1, col=2)
-    tick = {"tickmode": "array", "tickvals": list(layers[::max(1, len(layers) // 10)]),
-            "ticktext": list(result.layer_labels[::max(1, len(layers) // 10)])}
-    fig.update_xaxes(title_text="layer", **tick)
-    fig.update_yaxes(title_text="nats", row=1, col=1)
-    fig.update_layout(height=360, showlegend=False, margin={"l": 60, "r": 20, "t": 50, "b": 50})
-    return fig
+        log_axis(fig, result.target_rank, reverse=True, title_text="rank (1 = top)", row=1, col=2)
+    step = max(1, len(layers) // 10)
+    fig.update_xaxes(title_text="layer", tickmode="array", tickvals=list(layers[::step]),
+                     ticktext=list(result.layer_labels[::step]))
+    fig.update_yaxes(title_text="nats", rangemode="tozero", row=1, col=1)
+    what = "KL to the final output" + (f" and rank of {target}" if has_target else "")
+    fig.update_layout(title=f"Logit lens per layer, last position: {what} ({result.model_name})",
+                      height=360, showlegend=False, margin={"l": 60, "r": 20, "t": 70, "b": 50})
+    labels = list(result.layer_labels)
+    return keep_labels(fig, xaxis=labels, **({"xaxis2": labels} if has_target else {}))
 
 
 FIGURES = {"heatmap": heatmap, "layer_curves": layer_curves}

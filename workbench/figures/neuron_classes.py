@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 
 from workbench.analyses.neuron_classes import CLASS_NAMES, NeuronClassResult
 from workbench.figures import LINE_COLORS, say_when_empty
+from workbench.figures.axes import keep_labels
 
 # Okabe-Ito (colour-blind safe) per typical class; an atypical class shares its typical
 # class's colour, hatched.
@@ -48,13 +49,15 @@ def class_fractions(result: NeuronClassResult, include_orthogonal: bool = True) 
             hovertemplate=f"layer %{{x}}<br>{name}: %{{y:.3f}}<extra></extra>",
         ))
     folded = " (preceding norm folded in)" if result.fold_norm else ""
+    left_out = "" if include_orthogonal else ", orthogonal output left out"
     fig.update_layout(
         barmode="stack",
-        title=f"Neuron classes per layer: {result.model_name}{folded}",
+        title=f"Neuron classes per layer{left_out}: {result.model_name}{folded}",
         xaxis=_layer_axis(result.n_layers),
         yaxis={"title": "share of the layer's neurons", "range": [0, 1] if include_orthogonal else None},
         height=430, legend={"traceorder": "normal"}, margin={"l": 60, "r": 20, "t": 60, "b": 50},
     )
+    keep_labels(fig, xaxis=[str(i) for i in layers])
     return say_when_empty(fig, "Every neuron is in the orthogonal-output class: nothing else to show.")
 
 
@@ -62,9 +65,11 @@ def cosine_distribution(result: NeuronClassResult) -> go.Figure:
     """cos(w_in, w_out) of every neuron, one box per layer, over the null band of random cosines."""
     fig = go.Figure()
     lo, hi = result.null_band
-    fig.add_hrect(y0=lo, y1=hi, fillcolor="#999999", opacity=0.25, line_width=0,
-                  annotation_text=f"{result.null_coverage:.0%} null band (d={result.d_model})",
-                  annotation_position="top left")
+    fig.add_hrect(y0=lo, y1=hi, fillcolor="#999999", opacity=0.25, line_width=0)
+    # the band's label sits in the plot's top-left corner, clear of the boxes, on a white ground
+    fig.add_annotation(text=f"shaded: {result.null_coverage:.0%} null band (d={result.d_model})",
+                       xref="x domain", yref="y domain", x=0.01, y=0.99, xanchor="left", yanchor="top",
+                       showarrow=False, bgcolor="rgba(255,255,255,0.85)", font={"color": "black"})
     for threshold in (-0.5, 0.5):
         fig.add_hline(y=threshold, line_dash="dot", line_color=LINE_COLORS[1])
     n_layers, n_neurons = result.cos_in_out.shape
@@ -74,11 +79,11 @@ def cosine_distribution(result: NeuronClassResult) -> go.Figure:
         name="cos(w_in, w_out)",
     ))
     fig.update_layout(
-        title="cos(w_in, w_out) per layer (sign-normalised); dotted: the ±0.5 class thresholds",
+        title=f"cos(w_in, w_out) per layer (sign-normalised; dotted: ±0.5 class thresholds): {result.model_name}",
         xaxis=_layer_axis(n_layers), yaxis={"title": "cosine", "range": [-1, 1]},
         height=380, showlegend=False, margin={"l": 60, "r": 20, "t": 60, "b": 50},
     )
-    return fig
+    return keep_labels(fig, xaxis=[str(i) for i in range(n_layers)])
 
 
 FIGURES = {

@@ -8,6 +8,7 @@ from plotly.subplots import make_subplots
 
 from workbench.analyses.neuron_vocab import NeuronVocabResult
 from workbench.figures import LINE_COLORS, display_token
+from workbench.figures.axes import keep_labels, token_ticks
 
 
 def vocab_projection(result: NeuronVocabResult) -> go.Figure:
@@ -25,8 +26,9 @@ def vocab_projection(result: NeuronVocabResult) -> go.Figure:
             x=values, y=np.arange(k), orientation="h", marker={"color": color}, name=title,
             customdata=[display_token(t) for t in tokens], hovertemplate="%{customdata}: %{x:.3f}<extra></extra>",
         ), row=1, col=col)
-        fig.update_yaxes(tickmode="array", tickvals=list(range(k)), ticktext=[display_token(t) for t in tokens],
+        fig.update_yaxes(tickmode="array", tickvals=list(range(k)), ticktext=token_ticks(tokens),
                          autorange="reversed", row=1, col=col)
+        keep_labels(fig, **{f"yaxis{col if col > 1 else ''}": [display_token(t) for t in tokens]})
     fig.update_layout(
         title=f"Layer {result.layer}, neuron {result.neuron}: {result.class_name}",
         height=max(300, 24 * k + 120), showlegend=False, margin={"l": 60, "r": 20, "t": 70, "b": 40},
