@@ -33,7 +33,7 @@ from workbench.axes import LayerSummary
 from workbench.errors import BadRequest
 
 NAME = "attention_sinks"
-VERSION = 2
+VERSION = 3  # 3: byte tokens shown as <0x..>
 
 KIND_FIRST = "first"  # the first position: the primary sink by construction
 KIND_PRIMARY = "primary-like"

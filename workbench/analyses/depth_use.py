@@ -28,7 +28,7 @@ from workbench.lenses import kl_divergence
 from workbench.tracing import SublayerTrace
 
 NAME = "depth_use"
-VERSION = 1
+VERSION = 2  # 2: byte tokens shown as <0x..>
 
 
 @dataclass(frozen=True)

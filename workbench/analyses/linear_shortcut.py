@@ -26,7 +26,7 @@ from workbench.errors import BadRequest
 from workbench.lenses import fit_linear_shortcut
 
 NAME = "linear_shortcut"
-VERSION = 1
+VERSION = 2  # 2: byte tokens shown as <0x..>
 MAX_FIT_CHUNKS = 512
 
 

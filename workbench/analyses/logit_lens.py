@@ -28,7 +28,7 @@ from workbench.axes import LayerSummary, check_shapes, slot_labels
 from workbench.errors import BadRequest
 
 NAME = "logit_lens"
-VERSION = 2  # 2: decoded inside the trace (one slot at a time), so it also runs remotely
+VERSION = 3  # 3: byte tokens shown as <0x..>, top tokens through prompts.token_strings
 MAX_TOP_K = 20
 
 
@@ -137,7 +137,7 @@ def compute(
 
 def _decode_ids(model, ids: np.ndarray) -> np.ndarray:
     unique = np.unique(ids)
-    text = {int(i): model.tokenizer.decode([int(i)]) for i in unique}
+    text = dict(zip((int(i) for i in unique), prompts.token_strings(model, unique), strict=True))
     return np.vectorize(text.__getitem__, otypes=[object])(ids).astype(str)
 
 

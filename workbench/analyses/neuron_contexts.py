@@ -33,7 +33,7 @@ from workbench.errors import BadRequest
 from workbench.models.loader import LoadedModel
 
 NAME = "neuron_contexts"
-VERSION = 3
+VERSION = 4  # 4: byte tokens shown as <0x..>
 CORPUS_PATH = Path(__file__).resolve().parents[1] / "data" / "corpus.txt"
 MAX_CHUNK_TOKENS = 64
 MAX_TOP_K = 20

@@ -25,7 +25,7 @@ from workbench.lenses import kl_divergence
 from workbench.models.loader import LoadedModel
 
 NAME = "neuron_effect"
-VERSION = 1
+VERSION = 2  # 2: byte tokens shown as <0x..>
 MAX_TOP_K = 20
 MAX_FACTOR = 100.0
 

@@ -26,7 +26,7 @@ from workbench.models import parts
 from workbench.models.loader import LoadedModel
 
 NAME = "neuron_vocab"
-VERSION = 1
+VERSION = 2  # 2: byte tokens shown as <0x..>
 MAX_TOP_K = 50
 
 

@@ -40,7 +40,7 @@ from workbench.interventions import HEADS, SITES, Rules
 from workbench.models.loader import LoadedModel
 
 NAME = "patching"
-VERSION = 2
+VERSION = 3  # 3: byte tokens shown as <0x..>
 COMPONENTS = activation_patching.COMPONENTS  # resid, attn, mlp: (block, seq); heads: (block, head)
 METHODS = ("act", "atp", "relp")
 

@@ -31,7 +31,7 @@ from workbench.analyses.base import Analysis
 from workbench.errors import BadRequest
 
 NAME = "sink_levels"  # until 2026-12: "attention_sink_levels" (read from old bundles)
-VERSION = 2
+VERSION = 3  # 3: byte tokens shown as <0x..>
 MAX_PROMPTS = 200
 PROMPT_SET = Path(__file__).resolve().parent.parent / "data" / "sink_prompts.txt"
 

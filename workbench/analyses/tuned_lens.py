@@ -31,7 +31,7 @@ from workbench.errors import BadRequest
 from workbench.lenses import AffineLens, decode, kl_divergence, lens_logits
 
 NAME = "tuned_lens"  # until 2026-12: "tuned_lens_comparison"
-VERSION = 2  # 2: the result names its learned lens (``lens_name``)
+VERSION = 3  # 3: byte tokens shown as <0x..>
 
 
 @dataclass(frozen=True)

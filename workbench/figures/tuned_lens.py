@@ -61,7 +61,7 @@ def held_out(result: LensComparisonResult) -> go.Figure:
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     log_axis(fig, np.concatenate([result.ppl_logit, result.ppl_tuned]), row=1, col=3)
     fig.update_xaxes(**_layer_ticks(result))
-    how = f"trained {result.lens_step} steps" if result.lens_step else "fitted in closed form"
+    how = "fitted in closed form" if result.lens_name == "linear shortcut" else f"trained {result.lens_step} steps"
     fig.update_layout(
         title=f"Logit lens vs {result.lens_name} on held-out text: {result.model_name}, {result.eval_tokens} "
               f"held-out tokens, lens {how}",
