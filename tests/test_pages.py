@@ -31,6 +31,8 @@ def test_logit_lens_page_draws_heatmap(app, tiny_dirs):
     assert z.shape == (3 + 1, n_tokens)  # embed + 3 blocks
     assert ((z >= 0) & (z <= 1)).all()
     assert decode_plotly(charts[1]["data"][0]["y"])[-1] == pytest.approx(0.0, abs=1e-6)  # KL at the last layer
+    captions = [c.value for c in at.caption if "colours:" in c.value]
+    assert len(captions) == 2 and "viridis" in captions[0] and "Okabe" in captions[1]  # the palette actually used
 
 
 def test_empty_prompt_shows_error_not_traceback(app, tiny_dirs):
