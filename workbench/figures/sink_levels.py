@@ -13,11 +13,13 @@ from workbench.figures.attention_sinks import _int_axis, slot_labels
 def onset_histogram(levels: SinkLevelsResult) -> go.Figure:
     """How many secondary sinks appear after each block, over the prompt set (the sink levels)."""
     slots = len(levels.onset_counts)
-    fig = go.Figure()
-    if levels.onset_counts.sum() > 0:  # no bars at all rather than a row of zeros on a -1..1 axis
-        fig.add_trace(go.Bar(x=np.arange(slots), y=levels.onset_counts, marker={"color": LINE_COLORS[0]},
-                             hovertemplate="after slot %{x}: %{y} sinks<extra></extra>"))
+    fig = go.Figure(go.Bar(x=np.arange(slots), y=levels.onset_counts, marker={"color": LINE_COLORS[0]},
+                           hovertemplate="after slot %{x}: %{y} sinks<extra></extra>"))
     n_prompts = len(levels.prompt_secondary_count)
+    if levels.onset_counts.sum() == 0:  # all zero: say so, on a count axis from 0 (not plotly's -1..1)
+        fig.add_annotation(text=f"No secondary sink in these {n_prompts} prompts.", showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.5)
+        fig.update_yaxes(range=[0, 1])
     fig.update_layout(
         title=(f"Secondary-sink onsets over {n_prompts} prompts: {levels.share_with_secondary:.0%} of prompts "
                f"have one ({levels.model_name})"),
@@ -26,7 +28,7 @@ def onset_histogram(levels: SinkLevelsResult) -> go.Figure:
         height=360,
         margin={"l": 70, "r": 20, "t": 60, "b": 60},
     )
-    return say_when_empty(fig, f"No secondary sink in these {n_prompts} prompts.")
+    return fig
 
 
 def lifetime_scatter(levels: SinkLevelsResult) -> go.Figure:
