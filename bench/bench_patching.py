@@ -19,14 +19,13 @@ so wall time would measure the neighbours too), measured in this one run, and th
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from bench.common import throwaway_workbench
+from bench.common import interleaved_medians, throwaway_workbench
 from workbench import interventions, prompt_pairs, tracing
 from workbench.analyses import activation_patching, patching
 from workbench.interventions import SITES, Rules
@@ -36,13 +35,7 @@ PAIR = prompt_pairs.ioi_pair("When {io} and {s} went to the store, {s} gave a dr
 
 def cpu_medians(actions: list[Callable[[], object]], repeats: int) -> list[float]:
     """Median process CPU seconds of each action, run in turn ``repeats`` times."""
-    times: list[list[float]] = [[] for _ in actions]
-    for _ in range(repeats):
-        for action, bucket in zip(actions, times, strict=True):
-            start = time.process_time()
-            action()
-            bucket.append(time.process_time() - start)
-    return [statistics.median(bucket) for bucket in times]
+    return interleaved_medians(actions, repeats, clock=time.process_time)
 
 
 def main() -> None:

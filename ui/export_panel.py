@@ -40,7 +40,7 @@ def _controls(fig: go.Figure, key: str, spec: export.FigureSpec | None, filename
     size = st.selectbox("Size", list(export.PAPER_STYLES), index=list(export.PAPER_STYLES).index(export.DEFAULT_STYLE),
                         key=f"{key}_export_size")
     style = export.paper_style(size)
-    palettes = ", ".join(export.palette_names(export.styled(fig, style))) or "greys"
+    palettes = ", ".join(export.palette_names(fig)) or "greys"  # styling changes no trace's palette
     st.caption(f"{style.width_in:g} × {style.height_in:g} in, {style.font_pt:g} pt, colours: {palettes}; "
                f"PNG at {export.PNG_DPI} dpi.")
     has_browser = export.find_browser() is not None
