@@ -68,8 +68,16 @@ with batch_tab:
     with levels_form.box("levels_form", "Run over the prompt set"):
         st.text_area("Prompts, one per line", height=240, key=levels_form.key("prompts"))
         thresholds_widgets(levels_form)
+    live_levels = st.empty()  # the onset histogram of the prompts probed so far, while the rest run
+
+    def show_levels(partial) -> None:
+        with live_levels.container():
+            st.caption(f"First {len(partial.prompt_secondary_count)} prompts probed; the others are running.")
+            st.plotly_chart(sink_levels.ANALYSIS.figure("onset_histogram", partial))
+
     levels = levels_form.run(sink_levels.ANALYSIS, "Edit the prompt set if you like and press **Run over the "
-                             "prompt set** (results are cached).")
+                             "prompt set** (results are cached).", on_partial=show_levels)
+    live_levels.empty()
     if levels is not None:
         st.markdown(
             f"{len(levels.prompt_secondary_count)} prompts; mean fraction of (layer, head) sinking on "

@@ -24,7 +24,7 @@ class Probes:
     CSV stays out of links). Each task becomes a ``ConceptDepthRequest``, with noise a second one."""
 
     tasks: tuple[str, ...] = concept_datasets.TASKS
-    limit: int = 400
+    limit: int = 200  # about 6 s per task for the default model on two cores; up to CSV_MAX_ROWS
     site: str = "mlp_input"
     fraction: float = 0.9
     noise: int = 0
@@ -86,12 +86,21 @@ if not requests:
             "only the threshold re-runs the probes, not the model.")
 else:
     results = {}  # model -> its results, one per request, for each model whose every probe succeeded
+    live = st.empty()  # the curves grow task by task while the probes run
     for model in [model_name, probes.other_model] if probes.other_model else [model_name]:
-        runs = [ui.run(ANALYSIS, request, model, label=f"Probing {request.task}"
-                       f"{f' + {request.noise_tokens} noise' if request.noise_tokens else ''} on {model} "
-                       f"({index + 1} of {len(requests)})") for index, request in enumerate(requests)]
+        runs = []
+        for index, request in enumerate(requests):
+            runs.append(ui.run(ANALYSIS, request, model, label=f"Probing {request.task}"
+                               f"{f' + {request.noise_tokens} noise' if request.noise_tokens else ''} on {model} "
+                               f"({index + 1} of {len(requests)})"))
+            done = [r for r in runs if r is not None]
+            if model == model_name and done and index + 1 < len(requests):
+                with live.container():
+                    st.caption(f"{len(done)} of {len(requests)} probes done; the others are running.")
+                    st.plotly_chart(curves(done, f"Concept depth: {done[0].model_name}"))
         if None not in runs:
             results[model] = runs
+    live.empty()
     if model_name in results:
         ui.plot(curves(results[model_name], f"Concept depth: {results[model_name][0].model_name}"), "cd_curves",
                 name="concept_depth-curves")

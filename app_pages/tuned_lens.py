@@ -31,8 +31,23 @@ with shortcut_form.box("ls_form", "Fit and compare"):
     cols[0].text_input("Target token (optional, one token)", key=shortcut_form.key("target"))
     cols[1].number_input("Fitting chunks", 8, 512, step=8, key=shortcut_form.key("fit_chunks"))
     cols[2].number_input("Held-out chunks", 1, 64, key=shortcut_form.key("eval_chunks"))
-shortcut = shortcut_form.run(linear_shortcut.ANALYSIS, "Press **Fit and compare** for the instant learned lens.")
+live = st.empty()  # the prompt's trajectory shows as soon as the maps are fitted; held-out numbers follow
+
+
+def show_partial(partial) -> None:
+    with live.container():
+        if partial.eval_tokens:
+            st.caption(f"Held-out statistics so far: {partial.eval_tokens} tokens (more chunks are running).")
+            st.plotly_chart(linear_shortcut.ANALYSIS.figure("held_out", partial))
+        else:
+            st.caption("The maps are fitted; the held-out statistics are being computed.")
+        st.plotly_chart(linear_shortcut.ANALYSIS.figure("trajectory", partial))
+
+
+shortcut = shortcut_form.run(linear_shortcut.ANALYSIS, "Press **Fit and compare** for the instant learned lens.",
+                             on_partial=show_partial)
 if shortcut is not None:
+    live.empty()
     ui.chart(linear_shortcut.ANALYSIS, "held_out", shortcut, key="ls_held_out")
     ui.chart(linear_shortcut.ANALYSIS, "trajectory", shortcut, key="ls_trajectory")
 

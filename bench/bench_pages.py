@@ -10,7 +10,7 @@ first visit costs. Printed per page, measured in this one run:
 * x forward     ``full`` divided by one plain forward pass of the default prompt
 
 Times are process CPU seconds on one thread (``torch.set_num_threads(1)``; ``--wall`` for wall
-clock), which a busy shared machine disturbs far less than wall time. The defaults below are the
+clock, ``--threads 2`` for two cores), which a busy shared machine disturbs far less than wall time. The defaults below are the
 pages' own (``app_pages/*.py``): keep them in step.
 """
 
@@ -43,7 +43,7 @@ PROMPT = "The capital of France is"
 
 def page_requests() -> list[tuple[str, object, object]]:
     """(page, analysis, its default request) in the order a page draws them."""
-    factual = concept_datasets.builtin("factual").subset(400)
+    factual = concept_datasets.builtin("factual").subset(200)
     return [
         ("Logit lens", logit_lens.ANALYSIS, logit_lens.LogitLensRequest(PROMPT, " Paris")),
         ("Attention sinks: probe", attention_sinks.ANALYSIS, attention_sinks.SinkProbeRequest(
@@ -69,8 +69,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--wall", action="store_true", help="wall-clock seconds instead of process CPU seconds")
     parser.add_argument("--only", default="", help="run only pages whose name contains this text")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (with --wall: e.g. 2 for two cores)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.wall else time.process_time
 
     with throwaway_workbench() as wb:
@@ -82,7 +83,7 @@ def main() -> None:
             tracing.forward_logits(model, ids)
         forward = (clock() - start) / 5
         print(f"model {args.model}: one forward pass of {len(ids)} tokens = {forward * 1000:.0f} ms "
-              f"({'wall' if args.wall else 'CPU, 1 thread'})")
+              f"({'wall' if args.wall else 'process CPU'}, {args.threads} thread{'s' * (args.threads > 1)})")
         print(f"{'page':30s} {'first figure s':>15s} {'full s':>9s} {'x forward':>10s}")
         for page, analysis, request in page_requests():
             if args.only and args.only.lower() not in page.lower():

@@ -249,6 +249,19 @@ def test_batch_mode_collects_the_probes(workbench, tiny_dirs):
     assert same_result(result, workbench.sink_levels(name, request))
 
 
+def test_batch_mode_reports_the_prompts_probed_so_far(workbench, tiny_dirs):
+    name = str(tiny_dirs["llama"])
+    texts = tuple(f"Prompt number {i} is here." for i in range(17))  # every 2 prompts (17 // 8), last one not
+    request = SinkLevelsRequest(prompts=texts, primary_margin=0, min_secondary_lifetime=0)
+    partials = []
+    result = workbench.run(sink_levels.ANALYSIS, name, request, on_partial=partials.append)
+    assert [len(p.prompt_secondary_count) for p in partials] == list(range(2, 17, 2))
+    for partial in partials:  # each is exactly the aggregate of its first prompts
+        n = len(partial.prompt_secondary_count)
+        assert partial.prompt_secondary_count.tolist() == result.prompt_secondary_count[:n].tolist()
+        assert partial.onset_counts.sum() == result.prompt_secondary_count[:n].sum()
+
+
 def test_bad_prompt_in_batch_is_rejected(workbench, tiny_dirs):
     with pytest.raises(BadPrompt):
         workbench.sink_levels(str(tiny_dirs["llama"]), SinkLevelsRequest(prompts=("fine", "  ")))

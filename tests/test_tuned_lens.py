@@ -148,3 +148,40 @@ def test_linear_shortcut_beats_the_logit_lens_on_held_out_text(workbench, tiny_d
     assert result.lens_name == "linear shortcut" and result.lens_step == 0
     assert result.kl_tuned[-1] == pytest.approx(0.0, abs=1e-9) and result.top1_tuned[-1] == 1.0
     assert result.kl_tuned[:-1].mean() < result.kl_logit[:-1].mean()  # fitted maps help on unseen text
+
+
+def test_linear_shortcut_ridge_shrinks_toward_the_logit_lens():
+    """The ridge pulls A_l toward the identity (the logit lens), never toward zero: a huge ridge gives
+    weight ~0 (A = I) and bias ~0, and any ridge leaves an exact identity relation exact."""
+    torch.manual_seed(1)
+    d, n_slots = 6, 3
+    streams = [torch.randn(n_slots, 50, d) for _ in range(3)]
+    huge = lenses.fit_linear_shortcut(streams, n_slots, d, ridge=1e9)
+    assert huge.weight.abs().max() < 1e-6 and huge.bias.abs().max() < 1e-6
+    same = torch.randn(50, d)
+    exact = lenses.fit_linear_shortcut([torch.stack([same, same, same])], n_slots, d, ridge=1.0)
+    assert exact.weight.abs().max() < 1e-5 and exact.bias.abs().max() < 1e-5
+
+
+def test_residual_batch_equals_one_sequence_at_a_time(workbench, tiny_dir):
+    model = workbench.model(str(tiny_dir))
+    chunks = tuned_lens.corpus_chunks(model, "python-reference", "train", 16, 3)
+    batch = tracing.residual_batch(model, torch.stack(chunks))  # (batch, slot, seq, d_model)
+    for row, ids in zip(batch, chunks, strict=True):
+        torch.testing.assert_close(row, tracing.residual_stream(model, ids).resid, rtol=1e-5, atol=1e-5)
+
+
+def test_lens_comparison_reports_the_trajectory_first_then_each_held_out_chunk(workbench, tiny_dir):
+    from workbench.analyses import linear_shortcut
+    from workbench.analyses.linear_shortcut import LinearShortcutRequest
+
+    request = LinearShortcutRequest("The capital of France is", " Paris", chunk_tokens=16, fit_chunks=8,
+                                    eval_chunks=3)
+    partials = []
+    result = workbench.run(linear_shortcut.ANALYSIS, str(tiny_dir), request, on_partial=partials.append)
+    assert [p.eval_tokens for p in partials] == [0, result.eval_tokens // 3, 2 * result.eval_tokens // 3]
+    assert np.isnan(partials[0].kl_tuned).all()  # no held-out numbers before a chunk has run
+    for partial in partials:  # the prompt's trajectory is final from the first report on
+        np.testing.assert_array_equal(partial.prob_tuned, result.prob_tuned)
+        np.testing.assert_array_equal(partial.top_logit, result.top_logit)
+    assert linear_shortcut.ANALYSIS.figure("held_out", partials[0]).layout.annotations[0].text.startswith("No held-out")

@@ -110,31 +110,44 @@ class AffineLens(torch.nn.Module):
         return resid + torch.einsum("lsd,led->lse", resid, weight) + bias[:, None, :]
 
 
-def fit_linear_shortcut(residuals, n_slots: int, d_model: int, ridge: float = 1e-6) -> AffineLens:
+def fit_linear_shortcut(residuals, n_slots: int, d_model: int, ridge: float = 1e-2) -> AffineLens:
     """The linear shortcuts of Din et al. (2023), "Jump to Conclusions": for every slot ``l < L``, the
     affine map ``h_L ~ A_l h_l + b_l`` that minimises the squared error over the given residual
-    streams, in closed form (normal equations in float64), returned as an ``AffineLens`` (weight
-    ``A_l - I``, bias ``b_l``), so it decodes and compares like the tuned lens.
+    streams, in closed form (normal equations in float64, Cholesky solve), returned as an
+    ``AffineLens`` (weight ``A_l - I``, bias ``b_l``), so it decodes and compares like the tuned lens.
 
     ``residuals`` yields (slot = L + 1, seq, d_model) streams. ``ridge`` is a relative Tikhonov term
-    (times the mean diagonal of X^T X) that only keeps the solve well-posed when tokens are few."""
+    (times the mean diagonal of X^T X) that shrinks ``A_l`` toward the identity, i.e. toward the logit
+    lens, rather than toward zero: with a few thousand tokens for d_model + 1 unknowns per output
+    the plain solution over-fits. Measured on SmolLM2-135M (python-reference corpus, 64-token chunks,
+    held-out mean KL over slots; the logit lens scores 17.8 nats): 2016 fitting tokens give 2.82 with
+    ``ridge`` 1e-6 and 2.49 with 1e-2; 4032 tokens give 1.94 and 1.91; 6048 give 1.83 and 1.84.
+    ``ridge=0`` is the plain least-squares solution."""
     n_maps = n_slots - 1
     xtx = torch.zeros(n_maps, d_model + 1, d_model + 1, dtype=torch.float64)
     xty = torch.zeros(n_maps, d_model + 1, d_model, dtype=torch.float64)
     tokens = 0
     for resid in residuals:
-        resid = resid.double()
-        ones = torch.ones(n_maps, resid.shape[1], 1, dtype=torch.float64)
+        # each stream's products in its own precision (float32 states: 2.5x faster than float64 on a
+        # CPU, relative error ~1e-6 per entry, far below the ridge), summed over streams in float64
+        ones = torch.ones(n_maps, resid.shape[1], 1, dtype=resid.dtype)
         x = torch.cat([resid[:-1], ones], dim=-1)  # (map, seq, d_model + 1)
         y = resid[-1]  # (seq, d_model)
-        xtx += x.transpose(1, 2) @ x
-        xty += x.transpose(1, 2) @ y
+        xtx += (x.transpose(1, 2) @ x).double()
+        xty += (x.transpose(1, 2) @ y).double()
         tokens += resid.shape[1]
     if tokens == 0:
         raise ValueError("no residual streams to fit the linear shortcut on")
-    scale = xtx.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)  # (map,)
     eye = torch.eye(d_model + 1, dtype=torch.float64)
-    solution = torch.linalg.solve(xtx + ridge * scale[:, None, None] * eye, xty)  # (map, d+1, d): [A^T; b]
+    if ridge > 0:
+        penalty = ridge * xtx.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-12)[:, None, None] * eye
+        prior = torch.eye(d_model + 1, d_model, dtype=torch.float64)  # [I; 0]: A = I, b = 0 (the logit lens)
+        xtx, xty = xtx + penalty, xty + penalty @ prior
+    else:
+        xtx = xtx + 1e-12 * eye  # only against an exactly singular system
+    # Cholesky on the symmetric positive-definite normal equations (batched LU in MKL fails here
+    # with two threads on some machines)
+    solution = torch.cholesky_solve(xty, torch.linalg.cholesky(xtx))  # (map, d+1, d): [A^T; b]
     lens = AffineLens(n_maps, d_model)
     with torch.no_grad():
         lens.weight.copy_(solution[:, :d_model].transpose(1, 2) - torch.eye(d_model, dtype=torch.float64))

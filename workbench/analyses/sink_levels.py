@@ -158,12 +158,15 @@ def check(request: SinkLevelsRequest, settings) -> None:
 
 
 def run(ctx, request: SinkLevelsRequest, progress) -> SinkLevelsResult:
-    """The sink probe over a prompt set (each probe cached on its own), secondary sinks collected."""
+    """The sink probe over a prompt set (each probe cached on its own), secondary sinks collected;
+    the aggregate of the prompts probed so far is reported as a partial result along the way."""
     prompts.check_texts(request.prompts, "Prompt", ctx.settings, ctx.model)  # all of them, before the first
-    probes = []
+    probes, every = [], max(1, len(request.prompts) // 8)  # a partial result (the first prompts) 8 times a run
     for index, text in enumerate(request.prompts):
         progress(index / len(request.prompts), f"Probing prompt {index + 1} of {len(request.prompts)}")
         probes.append(ctx.run(attention_sinks.ANALYSIS, request.probe_request(text)))
+        if len(probes) % every == 0 and len(probes) < len(request.prompts):
+            ctx.partial(aggregate(ctx.name, probes))
     return aggregate(ctx.name, probes)
 
 

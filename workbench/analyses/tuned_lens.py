@@ -130,42 +130,59 @@ def compare(
     target_id: int | None,
     progress: Callable[[float | None, str], None] = lambda f, m: None,
     lens_name: str = "tuned lens",
+    on_partial: Callable[[LensComparisonResult], None] | None = None,
 ) -> LensComparisonResult:
     """Held-out statistics for the logit lens and ``translators`` over ``held_out`` chunks (token-id
-    tensors), and the target trajectory on the prompt. ``residuals(ids) -> (slot, seq, d_model)``."""
+    tensors), and the target trajectory on the prompt. ``residuals(ids) -> (slot, seq, d_model)``.
+
+    The prompt's trajectory is cheap (one position) and comes first: ``on_partial``, if given, receives
+    a result with it and no held-out tokens yet (statistics NaN, ``eval_tokens`` 0), then one after
+    every held-out chunk with the statistics so far."""
+    with torch.no_grad():
+        resid = residuals(prompt_ids)[:, -1:]  # (slot, 1, d_model)
+        logit_last = torch.softmax(decode(model, resid)[:, 0].double(), -1)
+        tuned_last = torch.softmax(lens_logits(model, translators, resid)[:, 0].double(), -1)
+    n_slots = logit_last.shape[0]
+    has_target = target_id is not None
+    nan = torch.full((n_slots,), float("nan"), dtype=torch.float64)
+    empty = _Totals(nan, nan, nan)
+
+    def result(logit_totals: _Totals, tuned_totals: _Totals, n_tokens: int, n_next: int) -> LensComparisonResult:
+        tokens_seen, next_seen = max(n_tokens, 1), max(n_next, 1)
+        return LensComparisonResult(
+            model_name=model.name,
+            layer_labels=slot_labels(n_slots - 1),
+            lens_name=lens_name,
+            lens_step=getattr(request, "lens_step", 0),
+            eval_tokens=n_tokens,
+            kl_logit=(logit_totals.kl / tokens_seen).float().numpy(),
+            kl_tuned=(tuned_totals.kl / tokens_seen).float().numpy(),
+            top1_logit=(logit_totals.top1 / tokens_seen).float().numpy(),
+            top1_tuned=(tuned_totals.top1 / tokens_seen).float().numpy(),
+            ppl_logit=torch.exp(logit_totals.nll / next_seen).float().numpy(),
+            ppl_tuned=torch.exp(tuned_totals.nll / next_seen).float().numpy(),
+            tokens=np.array(tokens),
+            target_token=request.target if has_target else "",
+            prob_logit=logit_last[:, target_id].float().numpy() if has_target else np.zeros(0, np.float32),
+            prob_tuned=tuned_last[:, target_id].float().numpy() if has_target else np.zeros(0, np.float32),
+            top_logit=np.array(prompts.token_strings(model, logit_last.argmax(-1))),
+            top_tuned=np.array(prompts.token_strings(model, tuned_last.argmax(-1))),
+        )
+
+    if on_partial is not None:
+        on_partial(result(empty, empty, 0, 0))
     logit_totals = tuned_totals = None
     n_tokens = n_next = 0
     with torch.no_grad():
         for i, ids in enumerate(held_out):
+            progress(i / len(held_out), f"Held-out chunk {i + 1} of {len(held_out)}")
             resid = residuals(ids)
             logit_totals = held_out_statistics(decode(model, resid), ids[1:], logit_totals)
             tuned_totals = held_out_statistics(lens_logits(model, translators, resid), ids[1:], tuned_totals)
             n_tokens, n_next = n_tokens + len(ids), n_next + len(ids) - 1
-            progress((i + 1) / (len(held_out) + 1), f"Held-out chunk {i + 1} of {len(held_out)}")
-        resid = residuals(prompt_ids)[:, -1:]  # (slot, 1, d_model)
-        logit_last = torch.softmax(decode(model, resid)[:, 0].double(), -1)
-        tuned_last = torch.softmax(lens_logits(model, translators, resid)[:, 0].double(), -1)
-    n_layers = logit_last.shape[0]
-    has_target = target_id is not None
-    return LensComparisonResult(
-        model_name=model.name,
-        layer_labels=slot_labels(n_layers - 1),
-        lens_name=lens_name,
-        lens_step=getattr(request, "lens_step", 0),
-        eval_tokens=n_tokens,
-        kl_logit=(logit_totals.kl / n_tokens).float().numpy(),
-        kl_tuned=(tuned_totals.kl / n_tokens).float().numpy(),
-        top1_logit=(logit_totals.top1 / n_tokens).float().numpy(),
-        top1_tuned=(tuned_totals.top1 / n_tokens).float().numpy(),
-        ppl_logit=torch.exp(logit_totals.nll / n_next).float().numpy(),
-        ppl_tuned=torch.exp(tuned_totals.nll / n_next).float().numpy(),
-        tokens=np.array(tokens),
-        target_token=request.target if has_target else "",
-        prob_logit=logit_last[:, target_id].float().numpy() if has_target else np.zeros(0, np.float32),
-        prob_tuned=tuned_last[:, target_id].float().numpy() if has_target else np.zeros(0, np.float32),
-        top_logit=np.array(prompts.token_strings(model, logit_last.argmax(-1))),
-        top_tuned=np.array(prompts.token_strings(model, tuned_last.argmax(-1))),
-    )
+            if on_partial is not None and i + 1 < len(held_out):
+                on_partial(result(logit_totals, tuned_totals, n_tokens, n_next))
+    return result(logit_totals or empty, tuned_totals or empty, n_tokens, n_next)
 
 
 def corpus_chunks(model, name: str, split: str, chunk_tokens: int, limit: int | None = None) -> list[torch.Tensor]:
@@ -190,7 +207,8 @@ def run(ctx, request: LensComparisonRequest, progress, lens: AffineLens | None =
             raise BadRequest(f"This tuned lens is at step {step} now, not {request.lens_step}: compare it again.")
     held_out = corpus_chunks(model, config.corpus, "heldout", config.chunk_tokens, request.eval_chunks)
     return compare(model, lens, request, held_out, residuals=lambda ids: tracing.residual_stream(model, ids).resid,
-                   prompt_ids=encoded.ids, tokens=encoded.tokens, target_id=target_id, progress=progress)
+                   prompt_ids=encoded.ids, tokens=encoded.tokens, target_id=target_id, progress=progress,
+                   on_partial=ctx.partial)
 
 
 def with_lens(lens: AffineLens) -> Analysis:

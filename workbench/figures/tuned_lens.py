@@ -38,7 +38,15 @@ def loss_curve(status: TrainingStatus) -> go.Figure:
 
 def held_out(result: LensComparisonResult) -> go.Figure:
     """Per layer on held-out text: KL to the final distribution (log axis; a KL below ``KL_FLOOR``,
-    such as the last layer's 0, is drawn at the floor as an open circle), top-1 agreement, perplexity."""
+    such as the last layer's 0, is drawn at the floor as an open circle), top-1 agreement, perplexity.
+    A partial result with no held-out tokens yet says so instead of drawing NaN lines."""
+    if not result.eval_tokens:
+        fig = go.Figure()
+        fig.add_annotation(text="No held-out tokens evaluated yet.", showarrow=False, xref="paper", yref="paper",
+                           x=0.5, y=0.5)
+        fig.update_layout(title=f"Logit lens vs {result.lens_name} on held-out text: {result.model_name}",
+                          height=200, xaxis={"visible": False}, yaxis={"visible": False})
+        return fig
     x = np.arange(len(result.layer_labels))
     fig = make_subplots(rows=1, cols=3, x_title="layer (residual after block)", subplot_titles=(
         "KL(final ‖ lens), nats", "top-1 agreement with final", "perplexity of the next token"))
