@@ -10,8 +10,8 @@ first visit costs. Printed per page, measured in this one run:
 * x forward     ``full`` divided by one plain forward pass of the default prompt
 
 Times are process CPU seconds on one thread (``torch.set_num_threads(1)``; ``--wall`` for wall
-clock, ``--threads 2`` for two cores), which a busy shared machine disturbs far less than wall time. The defaults below are the
-pages' own (``app_pages/*.py``): keep them in step.
+clock, ``--threads 2`` for two cores), which a busy shared machine disturbs far less than wall
+time. The defaults below are the pages' own (``app_pages/*.py``): keep them in step.
 """
 
 from __future__ import annotations

@@ -1,0 +1,70 @@
+"""Full-page headless-Chromium screenshots of every page, run with its default request, per model.
+
+Run with ``.venv/bin/python -m tools.screenshots --out shots/`` (models: both bundled ones by
+default). A throwaway result cache is used, the converted models are shared. For every page the
+script opens it for the model, presses the page's run buttons (tab by tab), waits until the app is
+idle, and saves ``<out>/<model>-<page>[-<tab>].png``; it prints any page that shows an exception
+or an error box, so a broken page is not only visible in the picture. This is a developer tool
+for looking at what was built (see the developers' guide), not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, IDLE, streamlit_server
+
+# page url path -> [(tab label or "", button names pressed in order)]
+PAGES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
+    "": [("", ())],
+    "logit_lens": [("", ("Run logit lens",))],
+    "attention_sinks": [("One prompt", ("Run sink probe",)),
+                        ("Sink levels over a prompt set", ("Run over the prompt set",))],
+    "tuned_lens": [("", ("Fit and compare",))],
+    "latent_language": [("", ("Run latent-language view",))],
+    "depth_use": [("", ("Run depth analysis",))],
+    "neurons": [("", ("Classify all neurons", "Explore neuron"))],
+    "patching": [("One prompt pair", ("Run patching",))],
+    "concept_depth": [("", ("Run probes",))],
+    "compare": [("", ("Compare",))],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("shots"))
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    parser.add_argument("--pages", nargs="*", default=list(PAGES), help="url paths ('' is home)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds a page may run")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as cache, streamlit_server(Path(cache), Path(cache) / "server.log") as url, \
+            sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for model in args.models:
+            for path in args.pages:
+                for tab, buttons in PAGES[path]:
+                    page.goto(f"{url}/{path}?model={model}")
+                    page.wait_for_selector(IDLE, timeout=120_000)
+                    if tab:
+                        page.get_by_role("tab", name=tab).click()
+                    for button in buttons:
+                        page.get_by_role("button", name=button).first.click()
+                        page.wait_for_timeout(1500)
+                        page.wait_for_selector(IDLE, timeout=args.timeout * 1000)
+                    page.wait_for_timeout(1500)  # plotly draws after the script ends
+                    name = "-".join(p for p in (model, path or "home", tab.split()[0].lower() if tab else "") if p)
+                    page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
+                    problems = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+                    note = f"  PROBLEM: {problems.first.inner_text()[:200]!r}" if problems.count() else ""
+                    print(f"{name}.png{note}", flush=True)
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
