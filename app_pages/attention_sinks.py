@@ -73,7 +73,7 @@ with batch_tab:
     def show_levels(partial) -> None:
         with live_levels.container():
             st.caption(f"First {len(partial.prompt_secondary_count)} prompts probed; the others are running.")
-            st.plotly_chart(sink_levels.ANALYSIS.figure("onset_histogram", partial))
+            ui.live_chart(sink_levels.ANALYSIS.figure("onset_histogram", partial))
 
     levels = levels_form.run(sink_levels.ANALYSIS, "Edit the prompt set if you like and press **Run over the "
                              "prompt set** (results are cached).", on_partial=show_levels)

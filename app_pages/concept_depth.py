@@ -97,7 +97,7 @@ else:
             if model == model_name and done and index + 1 < len(requests):
                 with live.container():
                     st.caption(f"{len(done)} of {len(requests)} probes done; the others are running.")
-                    st.plotly_chart(curves(done, f"Concept depth: {done[0].model_name}"))
+                    ui.live_chart(curves(done, f"Concept depth: {done[0].model_name}"))
         if None not in runs:
             results[model] = runs
     live.empty()

@@ -43,7 +43,7 @@ with one_pair:
         with live.container():
             st.caption("AtP and RelP are done; activation patching is filling in (blank cells have not run yet).")
             for component in (*SITES, HEADS) if partial.has_heads else SITES:
-                st.plotly_chart(patching.ANALYSIS.figure(component, partial))
+                ui.live_chart(patching.ANALYSIS.figure(component, partial))
 
     result = pair_form.run(patching.ANALYSIS, "Enter a clean/corrupted pair and press **Run patching**.",
                            on_partial=show_partial)
@@ -68,7 +68,7 @@ with scoreboard:
     def show_board(partial) -> None:
         with live_board.container():
             st.caption(f"Scoreboard of the first {partial.n_pairs} pairs (updates after every pair).")
-            st.plotly_chart(patching_faithfulness.ANALYSIS.figure("pearson", partial))
+            ui.live_chart(patching_faithfulness.ANALYSIS.figure("pearson", partial))
 
     board = board_form.run(patching_faithfulness.ANALYSIS,
                            "Each pair is activation-patched at every layer and position: about a minute per pair "

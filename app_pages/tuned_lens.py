@@ -38,10 +38,10 @@ def show_partial(partial) -> None:
     with live.container():
         if partial.eval_tokens:
             st.caption(f"Held-out statistics so far: {partial.eval_tokens} tokens (more chunks are running).")
-            st.plotly_chart(linear_shortcut.ANALYSIS.figure("held_out", partial))
+            ui.live_chart(linear_shortcut.ANALYSIS.figure("held_out", partial))
         else:
             st.caption("The maps are fitted; the held-out statistics are being computed.")
-        st.plotly_chart(linear_shortcut.ANALYSIS.figure("trajectory", partial))
+        ui.live_chart(linear_shortcut.ANALYSIS.figure("trajectory", partial))
 
 
 shortcut = shortcut_form.run(linear_shortcut.ANALYSIS, "Press **Fit and compare** for the instant learned lens.",

@@ -58,11 +58,18 @@ def main() -> None:
                         page.wait_for_timeout(1500)
                         page.wait_for_selector(IDLE, timeout=args.timeout * 1000)
                     page.wait_for_timeout(1500)  # plotly draws after the script ends
+                    # the app scrolls inside its main block, not the document: grow the window to it
+                    height = page.evaluate("Math.max(...[...document.querySelectorAll("
+                                           "'[data-testid=stMain], [data-testid=stMainBlockContainer]')]"
+                                           ".map(e => e.scrollHeight), 1000)")
+                    page.set_viewport_size({"width": 1400, "height": min(int(height) + 80, 16000)})
+                    page.wait_for_timeout(1500)
                     name = "-".join(p for p in (model, path or "home", tab.split()[0].lower() if tab else "") if p)
                     page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
                     problems = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
                     note = f"  PROBLEM: {problems.first.inner_text()[:200]!r}" if problems.count() else ""
                     print(f"{name}.png{note}", flush=True)
+                    page.set_viewport_size({"width": 1400, "height": 1000})
         browser.close()
 
 

@@ -195,6 +195,15 @@ def remember(result, source: FigureSource) -> None:
     sources[result] = source
 
 
+def live_chart(figure) -> None:
+    """A chart of a partial result, drawn into a container the next partial replaces. Partials can
+    draw the very same figure twice (e.g. the prompt trajectory while held-out chunks run), which
+    Streamlit refuses without distinct keys: every live chart gets a new one."""
+    count = st.session_state.get("_live_charts", 0) + 1
+    st.session_state["_live_charts"] = count
+    st.plotly_chart(figure, key=f"live_chart_{count}")
+
+
 def source(result) -> FigureSource | None:
     """The analysis run that produced ``result`` in this session, if ``run`` (or ``remember``) saw it."""
     return st.session_state.get("_result_sources", {}).get(result)
