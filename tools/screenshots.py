@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, IDLE, streamlit_server
@@ -30,6 +31,18 @@ PAGES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "concept_depth": [("", ("Run probes",))],
     "compare": [("", ("Compare",))],
 }
+
+
+def settle(page, timeout: float) -> None:
+    """Wait until the app stays idle for three seconds: a form submit can rerun the script (the
+    link is rewritten), and the app is idle for a moment between the two runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        page.wait_for_selector(IDLE, timeout=timeout * 1000)
+        page.wait_for_timeout(3000)
+        if page.locator(IDLE).count():
+            return
+    raise TimeoutError(f"the page did not settle within {timeout} s")
 
 
 def main() -> None:
@@ -55,8 +68,7 @@ def main() -> None:
                         page.get_by_role("tab", name=tab).click()
                     for button in buttons:
                         page.get_by_role("button", name=button).first.click()
-                        page.wait_for_timeout(1500)
-                        page.wait_for_selector(IDLE, timeout=args.timeout * 1000)
+                        settle(page, args.timeout)
                     page.wait_for_timeout(1500)  # plotly draws after the script ends
                     # the app scrolls inside its main block, not the document: grow the window to it
                     height = page.evaluate("Math.max(...[...document.querySelectorAll("
