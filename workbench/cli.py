@@ -1,4 +1,5 @@
-"""Command-line entry point: ``python -m workbench <command>``.
+"""Command-line entry point: ``layerlens <command>`` (the console script of ``pip install -e .``),
+or ``python -m workbench <command>``: serve, run, regenerate, list, cache.
 
 Owns argument parsing and exit codes only; every command calls the backend
 (``workbench.service``, ``workbench.export``, ``workbench.store``). A command
@@ -20,14 +21,15 @@ Registrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[Registrar]:
     """Every command's registrar (imported here so ``--help`` lists them all)."""
-    from workbench import cli_export
+    from workbench import cli_export, cli_serve
     from workbench.store import admin
 
-    return [cli_export.register_all, admin.add_cache_command]
+    return [cli_serve.add_serve_command, cli_export.register_all, admin.add_cache_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m workbench", description="LayerLens workbench, without the UI.")
+    parser = argparse.ArgumentParser(prog="layerlens", description="LayerLens workbench: serve it, or run its "
+                                     "analyses without the UI.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in _registrars():
         register(subparsers)
