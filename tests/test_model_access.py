@@ -251,14 +251,13 @@ def test_a_config_that_asks_for_remote_code_does_not_run_it(tmp_path, tiny_dirs,
         "from transformers import LlamaForCausalLM as EvilForCausalLM\n"
         "from transformers import LlamaConfig as EvilConfig\n")
     config = json.loads((evil / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "modeling_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    config["auto_map"] = {"AutoConfig": "modeling_evil.EvilConfig",
+                          "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
     (evil / "config.json").write_text(json.dumps(config))
     wb = Workbench(settings)
     try:
         model = wb.model(str(evil))  # the built-in Llama code, never the directory's own
-        assert type(model.hf_model).__module__.startswith("transformers.")
-    except ModelLoadError:
-        pass  # refusing it is fine too
+        assert type(model.hf_model).__module__ == "transformers.models.llama.modeling_llama"
     finally:
         wb.close()
     assert not marker.exists()
@@ -276,9 +275,11 @@ def test_results_and_titles_name_the_model_not_its_path(workbench, tiny_dirs):
     for figure in LOGIT_LENS.figures:
         layout = LOGIT_LENS.figure(figure, result).to_dict()["layout"]
         assert path not in json.dumps(layout) and "llama" in layout["title"]["text"]
+    # the cache (keyed by digest) lists the model by its identity for `python -m workbench cache`, run
+    # by whoever owns the server: the resolved directory, so two directories called llama stay apart
     cursor = workbench.store._con.cursor()
-    assert cursor.execute("SELECT DISTINCT model_name FROM results").fetchall() == [("llama",)]
-    assert cursor.execute("SELECT DISTINCT model_name FROM model_names").fetchall() == [("llama",)]
+    assert cursor.execute("SELECT DISTINCT model_name FROM results").fetchall() == [(str(Path(path).resolve()),)]
+    assert workbench.local_model(path).identity == str(Path(path).resolve())
 
 
 def test_two_directories_with_the_same_last_name_stay_two_models(workbench, tiny_dirs, tmp_path):

@@ -93,6 +93,7 @@ class LocalModel:
     digest: str
     note: str = ""
     remote: remote.RemoteTarget | None = None  # set: runs on NDIF, ``path`` holds config + tokenizer only
+    identity: str = ""  # ``CatalogEntry.name``: catalog name, hub id or resolved directory (the cache lists it)
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -226,7 +227,7 @@ def _materialize(entry: CatalogEntry, settings: Settings, progress: Progress) ->
     else:
         path = _download(source, settings, progress)
         digest = directory_digest(path)
-    return LocalModel(name=entry.short_name, path=path, digest=digest, note=entry.note)
+    return LocalModel(name=entry.short_name, path=path, digest=digest, note=entry.note, identity=entry.name)
 
 
 # --------------------------------------------------------------------------- hub access
@@ -334,4 +335,4 @@ def _remote_model(entry: CatalogEntry, source: HubRepo, settings: Settings, prog
     target = remote.connect(source.repo_id, settings)
     path = remote.fetch_metadata(target.repo_id)
     digest = hashlib.sha256(f"ndif\0{target.model_key}\0{directory_digest(path)}".encode()).hexdigest()
-    return LocalModel(name=entry.name, path=path, digest=digest, note=remote.NOTE, remote=target)
+    return LocalModel(name=entry.name, path=path, digest=digest, note=remote.NOTE, remote=target, identity=entry.name)
