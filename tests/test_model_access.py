@@ -76,7 +76,8 @@ def test_model_roots_come_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_a_linked_path_outside_the_roots_is_refused_before_it_is_read(workbench, outside, hashed):
-    for name in (str(outside), str(outside / "config.json"), str(outside.parent / "no-such-dir"), "~/../../etc"):
+    for name in (str(outside), str(outside / "config.json"), str(outside.parent / "no-such-dir"), "~/../../etc",
+                 os.path.relpath(outside)):  # relative to the server's working directory
         with pytest.raises(ModelNotAllowed, match="LAYERLENS_MODEL_ROOTS") as caught:
             workbench.check_linked_model(name)
         assert "\n" not in str(caught.value)
