@@ -88,7 +88,8 @@ else:
             sources += side_by_side(analysis, (model_a, comparison.b), request)
     with overlay:
         if sources:
-            spec = FigureSpec(OVERLAY, tuple(sources), f"{model_a} vs {comparison.b} on normalised depth")
+            title = f"{catalog.display_name(model_a)} vs {catalog.display_name(comparison.b)} on normalised depth"
+            spec = FigureSpec(OVERLAY, tuple(sources), title)
             figure = ui.guarded(lambda: build_figure(ui.workbench(), spec))
             if figure is not None:
                 ui.plot(figure, "cmp_overlay", spec, name="compare-overlay")

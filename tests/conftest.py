@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,24 @@ from workbench.service import Workbench  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_models")
-    return {arch: build_model_dir(arch, root / arch) for arch in ARCHITECTURES}
+def tiny_root(tmp_path_factory) -> Path:
+    """Where the tiny models live: a model root (LAYERLENS_MODEL_ROOTS) for every test, so shared
+    links and bundles may name them; any other temporary directory is outside the roots."""
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_roots(tiny_root) -> Iterator[tuple[Path, ...]]:
+    """The models cache and the tiny models as the model roots, for the app, the CLI and servers."""
+    roots = (PROJECT_ROOT / "cache" / "models", tiny_root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LAYERLENS_MODEL_ROOTS", os.pathsep.join(map(str, roots)))
+        yield roots
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tiny_root) -> dict[str, Path]:
+    return {arch: build_model_dir(arch, tiny_root / arch) for arch in ARCHITECTURES}
 
 
 @pytest.fixture(params=ARCHITECTURES)
@@ -26,9 +42,10 @@ def tiny_dir(request, tiny_dirs) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def settings(tmp_path, model_roots) -> Settings:
     """A throwaway cache; converted real models are shared with the app's cache/models."""
-    return Settings(cache_dir=tmp_path / "cache", models_dir_override=PROJECT_ROOT / "cache" / "models")
+    return Settings(cache_dir=tmp_path / "cache", models_dir_override=PROJECT_ROOT / "cache" / "models",
+                    model_roots=model_roots)
 
 
 @pytest.fixture

@@ -134,7 +134,7 @@ ALL_ENTRY_POINTS = {
 }
 # Public Workbench methods that are plumbing, not analyses a user asks for.
 NOT_ENTRY_POINTS = {"close", "local_model", "model", "run", "concept_features",
-                    "tuned_lens_trainer"}
+                    "tuned_lens_trainer", "check_linked_model"}  # the last: tests/test_model_access.py
 
 
 def test_every_analysis_entry_point_is_covered():

@@ -28,7 +28,7 @@ def test_compare_two_models_side_by_side_and_on_depth(app, tiny_dirs, settings):
     assert len(figures) == 1 + 2 * 2  # the overlay, then two analyses x two models
     overlay = figures[0]
     names = {t["name"] for t in overlay["data"]}
-    assert names == {model_a, model_b}
+    assert names == {"llama", "gpt2"}  # short names, never the server paths (issue #15)
 
     # the overlay's numbers are the backend's summaries on l/L
     wb = Workbench(settings.with_cache_dir(settings.cache_dir.parent / "direct"))
@@ -37,8 +37,8 @@ def test_compare_two_models_side_by_side_and_on_depth(app, tiny_dirs, settings):
             lens = summaries.summarise("logit_lens", wb.logit_lens(model, LogitLensRequest(PROMPT)))[0]
             enrich = summaries.summarise("neuron_classes", wb.neuron_classes(model, NeuronClassRequest()))[0]
             for expected in (lens, enrich):
-                trace = next(t for t in overlay["data"] if t["name"] == model and t["xaxis"] == _axis_of(overlay,
-                             expected.metric))
+                trace = next(t for t in overlay["data"] if t["name"] == lens.model_name
+                             and t["xaxis"] == _axis_of(overlay, expected.metric))
                 np.testing.assert_allclose(decode_plotly(trace["x"]).astype(float), expected.depth)
                 np.testing.assert_allclose(decode_plotly(trace["y"]).astype(float), expected.values, atol=1e-5)
             assert lens.depth[-1] == 1.0 and lens.values[-1] == pytest.approx(0.0, abs=1e-6)
@@ -63,7 +63,8 @@ def test_a_shared_compare_link_runs_without_a_click(app, tiny_dirs):
     at = open_link(app, "app_pages/compare.py", link)
     charts = chart_specs(at)
     assert at.session_state["model_name"] == model_a
-    assert {t["name"] for t in charts[0]["data"]} == {model_a, model_b}
+    assert {t["name"] for t in charts[0]["data"]} == {"qwen2", "gpt2"}
+    assert charts[0]["layout"]["title"]["text"].startswith("qwen2 vs gpt2")
     assert len(charts) == 3
 
 

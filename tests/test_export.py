@@ -190,7 +190,9 @@ def test_overlay_bundle_of_two_models_regenerates(workbench, tiny_dirs):
     spec = export.FigureSpec(export.OVERLAY, sources, "two tiny models")
     bundle = export.make_bundle(workbench, spec, export.paper_style("double column"), formats=())
     figure = json.loads(bundle.files["figure.json"])
-    assert [t["name"] for t in figure["data"]] == [str(tiny_dirs["llama"]), str(tiny_dirs["gpt2"])]
+    # each model by its short name (a directory's last component), never the server path (issue #15)
+    assert [t["name"] for t in figure["data"]] == ["llama", "gpt2"]
+    assert str(tiny_dirs["llama"].parent).encode() not in bundle.files["figure.json"]
     assert export.regenerate(workbench, bundle).identical
 
 

@@ -33,16 +33,19 @@ PAGES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
 }
 
 
-def settle(page, timeout: float) -> None:
-    """Wait until the app stays idle for three seconds: a form submit can rerun the script (the
-    link is rewritten), and the app is idle for a moment between the two runs."""
+def settle(page, timeout: float) -> bool:
+    """Wait until the app stays idle for three seconds (a form submit can rerun the script, and
+    the app is idle for a moment between the two runs); False if it is still running at the end."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        page.wait_for_selector(IDLE, timeout=timeout * 1000)
+        try:
+            page.wait_for_selector(IDLE, timeout=max(1.0, deadline - time.monotonic()) * 1000)
+        except Exception:  # playwright's TimeoutError: still running
+            return False
         page.wait_for_timeout(3000)
         if page.locator(IDLE).count():
-            return
-    raise TimeoutError(f"the page did not settle within {timeout} s")
+            return True
+    return False
 
 
 def main() -> None:
@@ -66,9 +69,10 @@ def main() -> None:
                     page.wait_for_selector(IDLE, timeout=120_000)
                     if tab:
                         page.get_by_role("tab", name=tab).click()
+                    finished = True
                     for button in buttons:
                         page.get_by_role("button", name=button).first.click()
-                        settle(page, args.timeout)
+                        finished = finished and settle(page, args.timeout)
                     page.wait_for_timeout(1500)  # plotly draws after the script ends
                     # the app scrolls inside its main block, not the document: grow the window to it
                     height = page.evaluate("Math.max(...[...document.querySelectorAll("
@@ -76,7 +80,8 @@ def main() -> None:
                                            ".map(e => e.scrollHeight), 1000)")
                     page.set_viewport_size({"width": 1400, "height": min(int(height) + 80, 16000)})
                     page.wait_for_timeout(1500)
-                    name = "-".join(p for p in (model, path or "home", tab.split()[0].lower() if tab else "") if p)
+                    name = "-".join(p for p in (model, path or "home", tab.split()[0].lower() if tab else "",
+                                                "" if finished else "STILL-RUNNING") if p)
                     page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
                     problems = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
                     note = f"  PROBLEM: {problems.first.inner_text()[:200]!r}" if problems.count() else ""

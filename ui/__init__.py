@@ -6,6 +6,12 @@ A page builds a request (``ui.RequestForm``: kept in session state, mirrored to 
 it with ``ui.run(analysis, request)`` and draws ``ui.chart(analysis, figure, result, key=...)``:
 ``run`` remembers which model and request produced the result, so the chart's export bundle can
 regenerate it without the page naming them again.
+
+Model names from a shared link are someone else's input: the sidebar opens a linked name only if a
+link may name it (``Workbench.check_linked_model``: catalog, hub ids, directories under
+``LAYERLENS_MODEL_ROOTS``) and otherwise leaves its text field empty for the user to type the path;
+``run`` applies the same rule to a model a page got from its link (e.g. Compare's second model),
+unless the user typed that name into the sidebar in this session.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import TypeVar
 import streamlit as st
 
 from workbench.analyses import Analysis
-from workbench.errors import WorkbenchError
+from workbench.errors import ModelNotAllowed, WorkbenchError
 from workbench.export import FigureSource
 from workbench.models import catalog
 from workbench.service import Workbench
@@ -91,22 +97,43 @@ def model_picker() -> str:
         "Model directory or hub id", value=st.session_state.get("_model_custom", ""), key="model_custom"
     ).strip()
     st.session_state["_model_custom"] = name
+    if name:  # typed here, or a link's name that links may open: this session may use it anywhere
+        st.session_state.setdefault("_typed_models", set()).add(name)
+        st.session_state.pop("_model_refused", None)
+    elif refused := st.session_state.get("_model_refused"):
+        st.sidebar.error(escape(refused))
     return _use_model(name)
 
 
 def model_label(name: str) -> str:
-    """A model choice as the pickers show it: the catalog's label, else the name itself."""
-    return catalog.CATALOG[name].label if name in catalog.CATALOG else name
+    """A model choice as the pickers show it: the catalog's label, else its short name (a
+    directory's last component, never the server path)."""
+    return catalog.CATALOG[name].label if name in catalog.CATALOG else catalog.display_name(name)
 
 
 def _model_from_url(choices: list[str]) -> None:
-    """A shared link's ``?model=`` picks the model on a session's first run."""
+    """A shared link's ``?model=`` picks the model on a session's first run, if a link may name it;
+    else the sidebar says why and waits for the user to type the path."""
     if "_model_choice" in st.session_state or not st.query_params.get("model"):
         return
     name = st.query_params["model"]
     st.session_state["_model_choice"] = name if name in choices else OTHER
-    if name not in choices:
-        st.session_state["_model_custom"] = name
+    if name in choices:
+        return
+    try:
+        workbench().check_linked_model(name)
+    except WorkbenchError as exc:
+        st.session_state["_model_refused"] = str(exc)
+        return
+    st.session_state["_model_custom"] = name
+
+
+def _check_model(model: str) -> None:
+    """Raise unless this session may open ``model``: typed into the sidebar, or one a link may name."""
+    if not model and st.session_state.get("_model_refused"):
+        raise ModelNotAllowed(st.session_state["_model_refused"])
+    if model not in st.session_state.get("_typed_models", ()):
+        workbench().check_linked_model(model)
 
 
 def _use_model(name: str) -> str:
@@ -181,7 +208,9 @@ def run(analysis: Analysis, request, model_name: str | None = None, label: str |
     (see ``source``), so ``chart`` can offer a bundle that regenerates its figures. ``on_partial``
     draws the partial results an analysis reports while it runs (e.g. patching: AtP and RelP first)."""
     model = model_name or selected_model()
-    result = compute(label or f"{analysis.title} on {model}",
+    if guarded(lambda: _check_model(model) or True) is None:
+        return None
+    result = compute(label or f"{analysis.title} on {catalog.display_name(model)}",
                      lambda report: workbench().run(analysis, model, request, report, on_partial))
     if result is not None:
         remember(result, FigureSource(analysis.name, model, request))

@@ -6,17 +6,27 @@ Owns argument parsing and exit codes only; every command calls the backend
 registers itself with a function ``add_<name>_command(subparsers)`` that adds
 its sub-parser and sets ``handler`` (a function ``args -> exit code``).
 Errors the user can fix (``WorkbenchError``) print one line and exit 2.
+
+Exit codes (``EXIT_CODES``, also in ``--help``):
+    0: done; for ``regenerate``, the regenerated figure is identical
+    1: the regenerated figure differs (``regenerate`` only)
+    2: bad input: a usage error, a bad bundle or request, a model that cannot be opened (one line on stderr)
+    3: an unexpected internal error (a bug: its traceback is printed)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from workbench.errors import WorkbenchError
 
 Registrar = Callable[[argparse._SubParsersAction], None]
+EXIT_SAME, EXIT_DIFFERS, EXIT_BAD_INPUT, EXIT_BUG = 0, 1, 2, 3
+EXIT_CODES = ("exit codes: 0 done (regenerate: identical figure), 1 the regenerated figure differs, "
+              "2 bad input (one line on stderr), 3 internal error")
 
 
 def _registrars() -> list[Registrar]:
@@ -29,7 +39,7 @@ def _registrars() -> list[Registrar]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layerlens", description="LayerLens workbench: serve it, or run its "
-                                     "analyses without the UI.")
+                                     "analyses without the UI.", epilog=EXIT_CODES)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in _registrars():
         register(subparsers)
@@ -39,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        return int(args.handler(args) or EXIT_SAME)
     except WorkbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception:  # a bug: not exit 1, which means "the figure differs"
+        traceback.print_exc()
+        return EXIT_BUG

@@ -5,6 +5,10 @@
     python -m workbench run logit_lens --model smollm2-135m --prompt "The capital of France is" \\
         --request '{"target": " Paris"}' --figure heatmap --format svg --format pdf --out exports/paris
     python -m workbench regenerate exports/paris
+
+``regenerate`` exits 0 when the figure comes out identical, 1 when it differs, 2 on bad input (a
+bundle that is not one, a malformed manifest, files over the size caps, a model a bundle may not
+name: one line on stderr, nothing written).
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ def add_run_command(subparsers) -> None:
 
 
 def add_regenerate_command(subparsers) -> None:
-    parser = subparsers.add_parser("regenerate", help="rebuild a bundle's figure from its manifest and compare")
+    parser = subparsers.add_parser("regenerate", help="rebuild a bundle's figure from its manifest and compare",
+                                   epilog="exit codes: 0 identical figure, 1 the figure differs, 2 bad input")
     parser.add_argument("bundle", type=Path, help="a bundle directory or .zip")
     parser.add_argument("--out", type=Path, help="where to write the regenerated bundle (default: BUNDLE-regenerated)")
     parser.add_argument("--format", action="append", choices=[*export.FORMATS, "none"],
@@ -145,7 +150,7 @@ def _regenerate(args) -> int:
     out = args.out or args.bundle.with_name(args.bundle.stem + "-regenerated")
     _write(regenerated.bundle, out, out.suffix == ".zip")
     print("identical figure: yes" if regenerated.identical else "identical figure: NO (the figure JSON differs)")
-    return 0 if regenerated.identical else 1
+    return 0 if regenerated.identical else 1  # see workbench.cli: EXIT_SAME, EXIT_DIFFERS
 
 
 def register_all(subparsers: argparse._SubParsersAction) -> None:

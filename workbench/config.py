@@ -10,6 +10,13 @@ hub configs but never weights); ``catalog.hub_guard`` applies it while a model
 is materialised or loaded, so a missing local path never becomes a hub lookup.
 (huggingface_hub itself still honours ``HF_HUB_OFFLINE=1`` set by the user.)
 
+The model-access rule (``Settings.shared_model_roots``, applied by ``catalog.check_linked``): a
+model named by a shared link or an export bundle opens only if it is a catalog model, a hub id
+(then the hub rule above decides) or a directory under one of the model roots, checked after
+symlinks and ``..`` are resolved. A path the user types (the sidebar, ``--model``, a script) opens
+wherever it is. Weights load from safetensors files only unless ``allow_pickle``: a pickled
+checkpoint (``pytorch_model.bin``) can run code when it is read.
+
 Environment variables (all optional):
     LAYERLENS_CACHE_DIR     cache directory (default: ``cache/`` next to the package)
     LAYERLENS_MODELS_DIR    converted models (default: ``<cache dir>/models``); tests share it
@@ -17,6 +24,10 @@ Environment variables (all optional):
     LAYERLENS_THREADS       torch intra-op threads (default: torch's own choice)
     LAYERLENS_MAX_TOKENS    longest prompt accepted, in tokens (default 256)
     LAYERLENS_ALLOW_HUB     ``1`` lets hub ids be downloaded (default ``0``: offline)
+    LAYERLENS_MODEL_ROOTS   directories (separated by ``os.pathsep``, ``:`` on Linux) whose model
+                            directories shared links and bundles may open (default: the models dir)
+    LAYERLENS_ALLOW_PICKLE  ``1`` also loads pickled weights (``pytorch_model.bin``; default ``0``:
+                            safetensors only)
     LAYERLENS_CACHE_MAX_MB  size limit of the cache's stored data in MB (default 2048; ``0``: no limit)
     LAYERLENS_REMOTE        ``1`` runs hub ids remotely on NDIF through nnsight (default ``0``)
     NDIF_API_KEY            the NDIF API key for remote runs (or LAYERLENS_NDIF_API_KEY)
@@ -42,6 +53,8 @@ class Settings:
     max_prompt_tokens: int = 256
     max_prompt_chars: int = 8000
     allow_hub: bool = False
+    model_roots: tuple[Path, ...] = ()  # where linked/bundled model directories may be; () = the models dir
+    allow_pickle: bool = False  # load pickled weights (pytorch_model.bin) too; they can run code when read
     cache_max_mb: int = 2048  # least recently used entries are evicted above it; 0 = no limit
     remote: bool = False  # hub ids run on NDIF (workbench.remote); local models still run here
     ndif_api_key: str | None = field(default=None, repr=False)  # never printed
@@ -55,6 +68,11 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.models_dir_override or self.cache_dir / "models"
+
+    @property
+    def shared_model_roots(self) -> tuple[Path, ...]:
+        """The directories under which a shared link or a bundle may name a model directory."""
+        return tuple(self.model_roots) or (self.models_dir,)
 
     @property
     def database_path(self) -> Path:
@@ -73,6 +91,11 @@ def _env_int(name: str, default: int | None) -> int | None:
     return int(raw) if raw else default
 
 
+def _env_paths(name: str) -> tuple[Path, ...]:
+    raw = os.environ.get(name, "")
+    return tuple(Path(part.strip()).expanduser().resolve() for part in raw.split(os.pathsep) if part.strip())
+
+
 def load_settings() -> Settings:
     """Settings from the environment, with defaults for whatever is unset."""
     return Settings(
@@ -84,6 +107,8 @@ def load_settings() -> Settings:
         threads=_env_int("LAYERLENS_THREADS", None),
         max_prompt_tokens=_env_int("LAYERLENS_MAX_TOKENS", 256) or 256,
         allow_hub=os.environ.get("LAYERLENS_ALLOW_HUB", "0") == "1",
+        model_roots=_env_paths("LAYERLENS_MODEL_ROOTS"),
+        allow_pickle=os.environ.get("LAYERLENS_ALLOW_PICKLE", "0") == "1",
         cache_max_mb=_env_int("LAYERLENS_CACHE_MAX_MB", 2048) or 0,
         remote=os.environ.get("LAYERLENS_REMOTE", "0") == "1",
         ndif_api_key=(os.environ.get("LAYERLENS_NDIF_API_KEY") or os.environ.get("NDIF_API_KEY") or "").strip()

@@ -16,6 +16,11 @@ class UnknownModel(WorkbenchError):
     """The name is neither a catalog entry, a local model directory nor a reachable hub id."""
 
 
+class ModelNotAllowed(WorkbenchError):
+    """A shared link or an export bundle names a model directory outside the model roots
+    (``LAYERLENS_MODEL_ROOTS``); only the user may open such a path, by typing it."""
+
+
 class UnsupportedArchitecture(WorkbenchError):
     """The model loads, but the adapter has no mapping (or an incomplete one) for it."""
 
@@ -34,6 +39,10 @@ class BadAnswer(WorkbenchError):
 
 class BadRequest(WorkbenchError):
     """An analysis option is out of range."""
+
+
+class BadBundle(BadRequest):
+    """An export bundle cannot be used: not a bundle, a malformed manifest, or files too large."""
 
 
 class CacheError(WorkbenchError):

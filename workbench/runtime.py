@@ -46,7 +46,7 @@ class Runtime:
         if cached is not None:
             return cached
         result = analysis.run(Context(self, local, model_name, on_partial), request, progress)
-        self.store.put_result(key, result, model_name=local.name, request_json=request_json(request))
+        self.store.put_result(key, result, model_name=local.identity or local.name, request_json=request_json(request))
         return result
 
 

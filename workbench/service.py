@@ -39,6 +39,7 @@ from workbench.analyses import (
 from workbench.config import Settings, load_settings
 from workbench.errors import BadRequest
 from workbench.lens_training import LensTrainer, TrainingStatus, checkpoint_path, saved_status
+from workbench.models import catalog
 from workbench.models.catalog import LocalModel
 from workbench.models.loader import LoadedModel
 from workbench.runtime import Runtime
@@ -73,6 +74,12 @@ class Workbench:
     def model(self, name: str, progress: Progress = _silent) -> LoadedModel:
         """The loaded model (once per process)."""
         return self.runtime.pool.load(name, progress)
+
+    def check_linked_model(self, name: str) -> None:
+        """Raise ``ModelNotAllowed`` unless a shared link or an export bundle may name this model:
+        a catalog model, a hub id, or a directory under the model roots (``LAYERLENS_MODEL_ROOTS``).
+        Reads nothing in the directory; a name the user typed needs no check."""
+        catalog.check_linked(name, self.settings)
 
     # ------------------------------------------------------------------ lenses
 

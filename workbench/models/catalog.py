@@ -8,6 +8,13 @@ HuggingFace directory (safetensors + tokenizer) under ``cache/models``:
 * any local HuggingFace model directory;
 * any hub id, downloaded only when the user allows it (``LAYERLENS_ALLOW_HUB=1``).
 
+It owns the model-access rule too (``check_linked``): a name that arrives in a shared link or an
+export bundle may be a catalog model, a hub id (the hub rule then applies) or a directory under
+``Settings.shared_model_roots`` (symlinks and ``..`` resolved first), nothing else; the check
+touches no file in the directory, so a refused path is never read or hashed. And the name a model
+is shown by (``LocalModel.name``): the catalog name, the hub id, or a directory's last component,
+never the server path; the entry's ``name`` (a directory's resolved path) stays its identity.
+
 It also owns ``hub_guard``: huggingface_hub offline while a model is materialised
 or loaded, unless ``Settings.hub_allowed`` (hub downloads or remote runs allowed).
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +36,7 @@ from pathlib import Path
 
 from workbench import remote
 from workbench.config import Settings
-from workbench.errors import UnknownModel
+from workbench.errors import ModelNotAllowed, UnknownModel
 from workbench.models import conversion
 from workbench.models.conversion import DEQUANTIZED_NOTE
 
@@ -60,8 +68,8 @@ class HubRepo:
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    name: str
-    label: str
+    name: str  # identity: catalog name, hub id, or a directory's resolved path
+    label: str  # shown: a catalog model's label, a hub id, or a directory's last component
     source: BundledGGUF | LocalDirectory | HubRepo
     note: str = ""
     detail: str = ""  # architecture and size, shown under the (short) label
@@ -70,16 +78,22 @@ class CatalogEntry:
     def is_bundled(self) -> bool:
         return isinstance(self.source, BundledGGUF)
 
+    @property
+    def short_name(self) -> str:
+        """The name titles and results show: the catalog name or hub id, a directory's last component."""
+        return self.label if isinstance(self.source, LocalDirectory) else self.name
+
 
 @dataclass(frozen=True)
 class LocalModel:
     """A model directory ready to load, and the digest that keys everything cached about it."""
 
-    name: str
+    name: str  # shown in titles and results (``CatalogEntry.short_name``), never a server path
     path: Path
     digest: str
     note: str = ""
     remote: remote.RemoteTarget | None = None  # set: runs on NDIF, ``path`` holds config + tokenizer only
+    identity: str = ""  # ``CatalogEntry.name``: catalog name, hub id or resolved directory (the cache lists it)
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -133,13 +147,60 @@ def resolve(name: str) -> CatalogEntry:
                 f"{shown_name(name)} is not a HuggingFace model directory (no config.json there). "
                 f"Catalog models: {', '.join(CATALOG)}."
             )
-        return CatalogEntry(name=str(resolved), label=path.name, source=LocalDirectory(resolved))
-    if name.count("/") == 1 and all(name.split("/")) and name.isprintable():
+        label = path.name if path.name not in ("", ".", "..") else resolved.name
+        return CatalogEntry(name=str(resolved), label=label or str(resolved), source=LocalDirectory(resolved))
+    if _hub_shaped(name):
         return CatalogEntry(name=name, label=name, source=HubRepo(name))
     raise UnknownModel(
         f"Unknown model {shown_name(name)}. Use a catalog name ({', '.join(CATALOG)}), "
         "the path of a local HuggingFace model directory, or a hub id like 'org/model'."
     )
+
+
+def _hub_shaped(name: str) -> bool:
+    return name.count("/") == 1 and all(name.split("/")) and name.isprintable()
+
+
+def check_linked(name: str, settings: Settings) -> None:
+    """Raise ``ModelNotAllowed`` unless a shared link or a bundle may name ``name``.
+
+    Catalog names and hub ids pass (a hub id still obeys the hub rule when it is materialised); so
+    does a name ``resolve`` would not take for a directory. A directory (or a path that does not
+    exist) must lie under one of ``settings.shared_model_roots`` once symlinks and ``..`` are
+    resolved. Nothing inside the directory is read here.
+    """
+    if not isinstance(name, str):
+        return  # ``resolve`` refuses it with its own message
+    text = name.strip()
+    if not text or text in CATALOG:
+        return
+    path = Path(text).expanduser()
+    try:
+        looks_local = path.is_absolute() or text.startswith((".", "~")) or path.exists()
+        real = Path(os.path.realpath(path)) if looks_local else None
+    except (OSError, ValueError):
+        return  # not a usable path: ``resolve`` says so, and opens nothing
+    if real is None:
+        return  # a hub id, or a name ``resolve`` refuses
+    for root in settings.shared_model_roots:
+        if real.is_relative_to(os.path.realpath(root)):
+            return
+    raise ModelNotAllowed(
+        f"{shown_name(text)} is a path on the server, and a shared link or an export bundle may only name "
+        f"catalog models ({', '.join(CATALOG)}), hub ids and directories under the model roots "
+        "(LAYERLENS_MODEL_ROOTS). To open it, type its path yourself (the sidebar's 'Other' field, or "
+        "`python -m workbench run --model`), or put it under a model root."
+    )
+
+
+def display_name(name: str) -> str:
+    """The short name of a model as the user named it, without looking at any file: catalog names
+    and hub ids as they are, a path by its last component."""
+    text = str(name).strip()
+    if text in CATALOG or not text.startswith(("/", ".", "~")):
+        return text
+    path = Path(text).expanduser()
+    return path.name if path.name not in ("", ".", "..") else text
 
 
 def shown_name(name: str, limit: int = 120) -> str:
@@ -166,7 +227,7 @@ def _materialize(entry: CatalogEntry, settings: Settings, progress: Progress) ->
     else:
         path = _download(source, settings, progress)
         digest = directory_digest(path)
-    return LocalModel(name=entry.name, path=path, digest=digest, note=entry.note)
+    return LocalModel(name=entry.short_name, path=path, digest=digest, note=entry.note, identity=entry.name)
 
 
 # --------------------------------------------------------------------------- hub access
@@ -274,4 +335,4 @@ def _remote_model(entry: CatalogEntry, source: HubRepo, settings: Settings, prog
     target = remote.connect(source.repo_id, settings)
     path = remote.fetch_metadata(target.repo_id)
     digest = hashlib.sha256(f"ndif\0{target.model_key}\0{directory_digest(path)}".encode()).hexdigest()
-    return LocalModel(name=entry.name, path=path, digest=digest, note=remote.NOTE, remote=target)
+    return LocalModel(name=entry.name, path=path, digest=digest, note=remote.NOTE, remote=target, identity=entry.name)

@@ -8,6 +8,11 @@ unsupported model fails here with a message naming what is missing. Shape
 facts are read from the config by role through the adapter (no config field
 names here). Nothing here reads the environment: whether loading may reach the
 hub comes from ``Settings`` when ``load`` runs (``catalog.hub_guard``).
+
+What a directory may make this process run: never its own Python code (``trust_remote_code`` is
+always off, so a config's ``auto_map`` is ignored), and only safetensors weights unless the user
+allows pickled checkpoints (``Settings.allow_pickle``, ``LAYERLENS_ALLOW_PICKLE=1``): reading a
+pickle can run code.
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ def _read_model_type(local: LocalModel) -> str:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(local.path).model_type
+        return AutoConfig.from_pretrained(local.path, trust_remote_code=False).model_type
     except Exception as exc:
         raise ModelLoadError(f"Could not read the config of {local.path}: {_first_line(exc)}") from exc
 
@@ -125,7 +130,7 @@ def _load_local(local: LocalModel, settings: Settings) -> LoadedModel:
     from nnsight import TransformersModel
 
     spec = adapter.spec_for_model_type(_read_model_type(local))
-    _check_files(local)
+    use_safetensors = _check_files(local, settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     try:
@@ -138,6 +143,8 @@ def _load_local(local: LocalModel, settings: Settings) -> LoadedModel:
                 dtype=torch.float32,
                 device_map=_device(settings),
                 rename=spec.rename_table(),
+                trust_remote_code=False,  # a directory's own code never runs here
+                use_safetensors=use_safetensors,
             )
     except UnsupportedArchitecture:
         raise
@@ -187,21 +194,33 @@ def _device(settings: Settings) -> str:
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "tekken.json")
+PICKLE_OPT_IN = "LAYERLENS_ALLOW_PICKLE=1"
 
 
-def _check_files(local: LocalModel) -> None:
-    """A directory without weights or tokenizer fails here, with a message naming what is missing."""
+def _check_files(local: LocalModel, settings: Settings) -> bool:
+    """A directory without weights or tokenizer fails here, with a message naming what is missing;
+    so does one with only pickled weights unless the user allowed them. Returns whether to load
+    safetensors (True) or the pickled checkpoint (False)."""
     names = {p.name for p in local.path.iterdir() if p.is_file()}
     if not any(name.endswith(WEIGHT_SUFFIXES) for name in names):
         raise ModelLoadError(
             f"{local.path} has a config.json but no weights (model.safetensors or pytorch_model.bin). "
             "Copy the weight files into the directory, or save the model there with save_pretrained."
         )
+    safetensors = any(name.endswith(".safetensors") for name in names)
+    if not safetensors and not settings.allow_pickle:
+        pickled = ", ".join(sorted(name for name in names if name.endswith(WEIGHT_SUFFIXES)))
+        raise ModelLoadError(
+            f"{local.name} has only pickled weights ({pickled}), "
+            "and reading a pickle can run code. Convert them to safetensors (save_pretrained), or, if you trust "
+            f"the files, start the workbench with {PICKLE_OPT_IN}."
+        )
     if not names.intersection(TOKENIZER_FILES):
         raise ModelLoadError(
             f"{local.path} has no tokenizer ({', '.join(TOKENIZER_FILES[:3])}, ...). "
             "Save the model's tokenizer into the same directory (tokenizer.save_pretrained)."
         )
+    return safetensors
 
 
 def _load_failure(exc: Exception) -> str:

@@ -4,6 +4,10 @@ Owns the per-model locks: two sessions asking for the same model at once convert
 once, and loading one model never blocks requests for another. ``LAYERLENS_THREADS`` is applied
 in every thread that asks for a model, since torch's thread count is an OpenMP setting of the
 calling thread.
+
+Models are kept by identity (``CatalogEntry.name``: a catalog name, a hub id or a directory's
+resolved path), not by the short name they are shown by: two directories called ``model`` are two
+models.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ class ModelPool:
         """The model's directory and digest, converting bundled weights on first use (no weights loaded)."""
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        entry = catalog.resolve(name)
+        return self._materialized(catalog.resolve(name), progress)
+
+    def _materialized(self, entry: catalog.CatalogEntry, progress: Progress) -> LocalModel:
         with self._lock_for(entry.name):
             if entry.name not in self._local:
                 self._local[entry.name] = catalog.materialize(entry, self.settings, progress)
@@ -41,17 +47,20 @@ class ModelPool:
 
     def load(self, name: str, progress: Progress = silent) -> LoadedModel:
         """The loaded model (loaded once per process)."""
-        local = self.local(name, progress)
-        with self._lock_for(local.name):
-            if local.name not in self._loaded:
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        entry = catalog.resolve(name)
+        local = self._materialized(entry, progress)
+        with self._lock_for(entry.name):
+            if entry.name not in self._loaded:
                 progress(None, f"Loading {local.name}")
                 try:
-                    self._loaded[local.name] = loader.load(local, self.settings)
+                    self._loaded[entry.name] = loader.load(local, self.settings)
                 except Exception:
                     with self._registry_lock:  # a fixed directory is re-read (and re-digested) next time
-                        self._local.pop(local.name, None)
+                        self._local.pop(entry.name, None)
                     raise
-            return self._loaded[local.name]
+            return self._loaded[entry.name]
 
     def _lock_for(self, name: str) -> threading.Lock:
         with self._registry_lock:
