@@ -290,7 +290,7 @@ def test_load_and_materialize_are_offline_unless_allowed(tiny_dirs, hub_online, 
             return real(arg)
         return call
 
-    monkeypatch.setattr(loader, "_read_model_type", recording("load", loader._read_model_type))
+    monkeypatch.setattr(loader, "_read_config", recording("load", loader._read_config))
     monkeypatch.setattr(catalog, "directory_digest", recording("materialize", catalog.directory_digest))
     model = loader.load(catalog.materialize(catalog.resolve(str(tiny_dirs["llama"])), settings), settings)
     assert seen == {"materialize": offline, "load": offline}
