@@ -41,7 +41,9 @@ from workbench.lenses import soft_cap
 from workbench.models import adapter, parts
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
-PAIR = prompt_pairs.ioi_pair("When {io} and {s} went to the store, {s} gave a drink to", "Mary", "John")
+# 10 tokens (patching costs grow with the square of the length): longer than Gemma 2's and Mistral's
+# sliding windows of 8, so the fast path's windowed masks are exercised too
+PAIR = prompt_pairs.ioi_pair("When {io} and {s} went, {s} gave a drink to", "Mary", "John")
 ALL_RULES = Rules(ln=True, identity=True, half=True, attention=True)
 PARALLEL = {"gpt_neox", "phi", "gptj"}
 GATED = {"gemma2", "olmo2", "phi3", "mistral", "qwen3"}
@@ -185,7 +187,7 @@ def _no_plain(*args, **kwargs):
 def test_relp_leaves_logits_unchanged_and_conserves_relevance(workbench, model):
     pair = prompt_pairs.encode_pair(model, PAIR, workbench.settings)
     _, logits = interventions.record(model, pair.clean_ids, ())
-    for rules in (Rules(ln=True), Rules(identity=True), Rules(half=True), Rules(attention=True), ALL_RULES):
+    for rules in (Rules(ln=True), Rules(attention=True), ALL_RULES):  # the two that differ by family, then all
         grad_pass = interventions.gradient_pass(model, pair.clean_ids, lambda lg: lg[0] - lg[1], SITES, rules)
         assert (grad_pass.logits - logits).abs().max() < 1e-5, rules
     _, after = interventions.record(model, pair.clean_ids, ())
@@ -310,16 +312,20 @@ def test_mlp_input_site_is_what_the_mlp_reads(workbench, model):
     in OLMo 2; checked against a hook on the MLP's input."""
     ids = _ids(workbench, model)
     states = tracing.last_token_states(model, [ids.tolist()], "mlp_input")  # (block, 1, d)
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
     for layer in range(model.info.n_layers):
-        captured = {}
-        handle = model.module(f"{model.spec.layers}.{layer}.{model.spec.mlp}").register_forward_pre_hook(
-            lambda _m, args: captured.__setitem__("x", args[0][0, -1].detach()))
-        try:
-            with torch.no_grad():
-                model.hf_model(ids.unsqueeze(0))
-        finally:
+        def hook(_m, args, layer=layer):
+            captured[layer] = args[0][0, -1].detach()
+        handles.append(model.module(f"{model.spec.layers}.{layer}.{model.spec.mlp}").register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            model.hf_model(ids.unsqueeze(0))
+    finally:
+        for handle in handles:
             handle.remove()
-        torch.testing.assert_close(states[layer, 0], captured["x"], rtol=0, atol=1e-5)
+    for layer in range(model.info.n_layers):
+        torch.testing.assert_close(states[layer, 0], captured[layer], rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------------- family specifics
@@ -336,7 +342,7 @@ def test_gemma2_soft_caps_bite_and_every_decode_applies_the_final_one(workbench,
     assert raw.abs().max() > cap  # the cap bites on this model
     torch.testing.assert_close(trace.logits, soft_cap(raw, cap), rtol=0, atol=1e-6)
     torch.testing.assert_close(model.decode(trace.resid[-1]), trace.logits, rtol=0, atol=1e-6)  # lenses.Unembed
-    assert (model.decode(trace.resid) .abs() < cap).all()  # every slot of the lens is capped
+    assert (model.decode(trace.resid).abs() < cap).all()  # every slot of the lens is capped
     pair = prompt_pairs.encode_pair(model, PAIR, workbench.settings)
     grad_pass = interventions.gradient_pass(model, pair.clean_ids, lambda lg: lg[0], (), Rules())  # RelP/AtP
     torch.testing.assert_close(grad_pass.logits, tracing.forward_logits(model, pair.clean_ids)[-1], rtol=0,
@@ -344,7 +350,7 @@ def test_gemma2_soft_caps_bite_and_every_decode_applies_the_final_one(workbench,
     final = trace.resid[-1][-1:].to(model.device)  # the fast path's decode of two logits
     target = patching_runs.Target(int(ids[1]), int(ids[2]), 0.0, 0.0)
     ld = patching_runs._logit_diffs(model, model.module(model.spec.final_norm)(final), target)
-    assert float(ld[0]) == pytest.approx(float(trace.logits[-1, ids[1]] - trace.logits[-1, ids[2]]), abs=1e-6)
+    assert float(ld[0].detach()) == pytest.approx(float(trace.logits[-1, ids[1]] - trace.logits[-1, ids[2]]), abs=1e-6)
     # the attention soft-cap changes the model too (so the AH rule's handling of it is tested above)
     config = json.loads((matrix_dirs("gemma2") / "config.json").read_text())
     uncapped_dir = tmp_path / "gemma2_no_attn_cap"
