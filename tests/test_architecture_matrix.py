@@ -35,7 +35,8 @@ from workbench.analyses import neuron_classes as neurons
 from workbench.analyses.activation_patching import COMPONENTS, ActivationPatchingRequest
 from workbench.analyses.depth_use import DepthUseRequest
 from workbench.analyses.neuron_classes import NeuronClassRequest
-from workbench.errors import UnsupportedArchitecture
+from workbench.analyses.neuron_vocab import NeuronVocabRequest
+from workbench.errors import BadRequest, UnsupportedArchitecture
 from workbench.interventions import HEADS, SITES, Rules
 from workbench.lenses import soft_cap
 from workbench.models import adapter, parts
@@ -305,6 +306,20 @@ def test_sign_normalisation_leaves_the_mlp_unchanged(workbench, model, arch):
         with torch.no_grad():
             for view, value in zip((views.w_gate, views.w_in, views.w_out), saved, strict=True):
                 view.copy_(value)
+
+
+def test_fold_norm_without_a_norm_before_the_mlp_is_refused(workbench, matrix_dirs):
+    """OLMo 2's MLP reads the residual itself: folding "the preceding norm" would fold nothing."""
+    name = str(matrix_dirs("olmo2"))
+    with pytest.raises(BadRequest, match=r"no norm to fold.*\(olmo2\).*reads the residual stream directly"):
+        workbench.neuron_classes(name, NeuronClassRequest(fold_norm=True))
+    with pytest.raises(BadRequest, match="no norm to fold"):
+        workbench.neuron_vocab(name, NeuronVocabRequest(layer=0, neuron=3, fold_norm=True))
+    assert workbench.neuron_classes(name, NeuronClassRequest()).class_ids.shape == (3, 128)
+    # Phi's shared layernorm is the MLP's norm: folding it changes the cosines
+    phi = str(matrix_dirs("phi"))
+    folded = workbench.neuron_classes(phi, NeuronClassRequest(fold_norm=True))
+    assert np.abs(folded.cos_in_out - workbench.neuron_classes(phi, NeuronClassRequest()).cos_in_out).max() > 1e-3
 
 
 def test_mlp_input_site_is_what_the_mlp_reads(workbench, model):
