@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_models import MATRIX_ARCHITECTURES, build_model_dir
+from tests.tiny_models import MATRIX_ARCHITECTURES, SEQ2SEQ_ARCHITECTURES, build_model_dir, build_seq2seq_model
 from workbench import interventions, patching_runs, prompt_pairs, prompts, tracing
 from workbench.analyses import activation_patching, depth_use, logit_lens, patching
 from workbench.analyses import neuron_classes as neurons
@@ -441,3 +441,58 @@ def test_a_row_whose_modules_are_missing_names_them(matrix_dirs, workbench):
     with pytest.raises(UnsupportedArchitecture, match=r"mlp_in \(transformer\.h\.0\.mlp\.fc_up\).*attn_core"):
         adapter.validate(broken, model.hf_model, "gptj")
     adapter.validate(model.spec, model.hf_model, "gptj")  # the real row passes
+
+
+# ---------------------------------------------------------------------- encoder-decoder rows (T5, BART)
+
+
+def _last_block_outputs(hf_model, spec, ids) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """The last encoder and decoder blocks' outputs (plain hooks), and the model's output."""
+    captured = {}
+    handles = []
+    for stack in (spec.encoder, spec.decoder):
+        def hook(_m, _a, out, stack=stack):
+            captured[stack.layers] = (out[0] if isinstance(out, tuple) else out).detach()
+        handles.append(hf_model.get_submodule(stack.layers)[-1].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            out = hf_model(input_ids=ids, decoder_input_ids=ids[:, :5])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured[spec.encoder.layers], captured[spec.decoder.layers], out
+
+
+@pytest.mark.parametrize("seq2seq", SEQ2SEQ_ARCHITECTURES)
+def test_encoder_decoder_rows_name_both_stacks_and_decode_exactly(seq2seq):
+    hf_model = build_seq2seq_model(seq2seq)
+    spec = adapter.encoder_decoder_spec(hf_model.config.model_type)
+    adapter.validate_encoder_decoder(spec, hf_model, seq2seq)
+    assert spec.decoder.cross_attn and not spec.encoder.cross_attn
+    ids = torch.tensor([[5, 9, 13, 2, 7, 11, 3, 4]])
+    encoded, decoded, out = _last_block_outputs(hf_model, spec, ids)
+    # the decoder's last block output, decoded by the row, is the model's logits (T5: final norm and the
+    # d_model ** -0.5 rescale of tied embeddings; BART: post-norm blocks, final_logits_bias)
+    with torch.no_grad():
+        logits = parts.decode_decoder(spec, hf_model, decoded)
+    torch.testing.assert_close(logits, out.logits, rtol=0, atol=1e-5)
+    assert (logits - hf_model.get_submodule(spec.unembed)(decoded)).abs().max() > 1e-3  # the extra steps matter
+    # and the encoder's last block output (after its final norm, if any) is what the decoder attends to
+    with torch.no_grad():
+        final = hf_model.get_submodule(spec.encoder.final_norm)(encoded) if spec.encoder.final_norm else encoded
+    torch.testing.assert_close(final, out.encoder_last_hidden_state, rtol=0, atol=1e-6)
+    # and decoder-only analyses refuse the model type by name
+    with pytest.raises(UnsupportedArchitecture, match=rf"'{seq2seq}' is an encoder-decoder model"):
+        adapter.spec_for_model_type(seq2seq)
+
+
+def test_encoder_decoder_row_with_missing_modules_names_them():
+    hf_model = build_seq2seq_model("bart")
+    spec = adapter.encoder_decoder_spec("bart")
+    broken = dataclasses.replace(spec, decoder=dataclasses.replace(spec.decoder, cross_attn="cross_attn"),
+                                 logit_bias="no_bias")
+    with pytest.raises(UnsupportedArchitecture, match=r"decoder\.cross_attn \(model\.decoder\.layers\.0\.cross_attn\)"
+                                                      r".*logit_bias \(no_bias\).*adapter\.py"):
+        adapter.validate_encoder_decoder(broken, hf_model, "bart")
+    with pytest.raises(UnsupportedArchitecture, match=r"'pegasus' has no encoder-decoder row.*adapter\.py"):
+        adapter.encoder_decoder_spec("pegasus")

@@ -97,6 +97,38 @@ def _matrix_config(arch: str, common: dict):
     raise ValueError(arch)
 
 
+# Encoder-decoder families: adapter rows for their two stacks (adapter.ENCODER_DECODER_ARCHITECTURES),
+# refused by every decoder-only analysis
+SEQ2SEQ_ARCHITECTURES = ("t5", "bart")
+
+
+def build_seq2seq_model(arch: str, vocab_size: int = 50, seed: int = 0):
+    """A tiny random T5 or BART (``AutoModelForSeq2SeqLM``) in eval mode, biases randomised."""
+    import transformers
+    from transformers import AutoModelForSeq2SeqLM
+
+    torch.manual_seed(seed)
+    if arch == "t5":
+        config = transformers.T5Config(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2, num_heads=4,
+                                       vocab_size=vocab_size, decoder_start_token_id=0)
+    elif arch == "bart":
+        config = transformers.BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                         vocab_size=vocab_size, max_position_embeddings=64)
+    else:
+        raise ValueError(arch)
+    model = AutoModelForSeq2SeqLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.1)
+            elif "norm" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+        if hasattr(model, "final_logits_bias"):
+            model.final_logits_bias.normal_(0.0, 0.1)
+    return model
+
+
 def build_model_dir(arch: str, directory: Path, seed: int = 0) -> Path:
     """Save a tiny random ``arch`` model plus the tiny tokenizer into ``directory``."""
     torch.manual_seed(seed)

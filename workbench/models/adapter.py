@@ -49,8 +49,13 @@ with ``use_parallel_residual=False``)
 Other per-family facts a row declares: a fused gate/up projection (Phi-3: ``mlp_fused_gate_up``,
 split by ``parts.mlp_weights``), an attention core that bypasses transformers' AttentionInterface
 (GPT-J: ``attn_core``, which the RelP AH rule wraps), the final logit soft-cap (Gemma 2/3) and
-norm weight offsets (Gemma). Encoder-decoder models (T5, BART) have no row: every analysis here
-reads one decoder stack, and loading one stops with ``UnsupportedArchitecture`` saying so.
+norm weight offsets (Gemma).
+
+Encoder-decoder models (T5, BART) get an ``EncoderDecoderSpec`` row in ``ENCODER_DECODER_ARCHITECTURES``
+instead: where their encoder and decoder stacks, cross-attention, final norms and unembedding are
+(``parts.decode_decoder`` turns a decoder state into the model's logits), for encoder-decoder lenses such as
+the DecoderLens. Every analysis the workbench runs today reads one decoder-only residual stream, so
+loading such a model for them stops with ``UnsupportedArchitecture`` saying so (``spec_for_model_type``).
 """
 
 from __future__ import annotations
@@ -415,8 +420,104 @@ def supported_model_types() -> list[str]:
     return sorted(t for spec in ARCHITECTURES for t in spec.model_types)
 
 
-# Model types that are known and deliberately have no row, with the reason shown to the user.
-ENCODER_DECODER = ("t5", "mt5", "umt5", "bart", "mbart", "pegasus", "marian", "led")
+# ---------------------------------------------------------------------- encoder-decoder models
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """One stack of an encoder-decoder model, paths relative to the HF model (blocks: to a block)."""
+
+    embed: str
+    layers: str
+    final_norm: str | None  # after the last block; None: post-norm blocks end normalised (BART)
+    self_attn: str
+    mlp_out: str  # the projection that writes the feed-forward output
+    cross_attn: str | None = None  # decoder blocks: attention over the encoder output
+
+    def required_paths(self, stack: str) -> dict[str, str]:
+        block = f"{self.layers}.0"
+        paths = {f"{stack}.embed": self.embed, f"{stack}.layers": self.layers,
+                 f"{stack}.self_attn": f"{block}.{self.self_attn}", f"{stack}.mlp_out": f"{block}.{self.mlp_out}"}
+        if self.final_norm:
+            paths[f"{stack}.final_norm"] = self.final_norm
+        if self.cross_attn:
+            paths[f"{stack}.cross_attn"] = f"{block}.{self.cross_attn}"
+        return paths
+
+
+@dataclass(frozen=True)
+class EncoderDecoderSpec:
+    """Where an encoder-decoder family keeps its two stacks and its unembedding.
+
+    Decoding a decoder state ``h`` (``parts.decode_decoder``): ``unembed(scale * final_norm(h)) + logit_bias``,
+    with ``scale = d_model ** -0.5`` where ``tied_output_scale`` and the embeddings are tied (T5)."""
+
+    family: str
+    model_types: tuple[str, ...]
+    encoder: StackSpec
+    decoder: StackSpec
+    unembed: str
+    d_model_attr: str
+    logit_bias: str | None = None  # a (1, vocab) buffer added to the logits (BART's final_logits_bias)
+    tied_output_scale: bool = False
+
+    def required_paths(self) -> dict[str, str]:
+        return {**self.encoder.required_paths("encoder"), **self.decoder.required_paths("decoder"),
+                "unembed": self.unembed}
+
+
+ENCODER_DECODER_ARCHITECTURES: tuple[EncoderDecoderSpec, ...] = (
+    EncoderDecoderSpec(
+        family="t5",
+        model_types=("t5", "mt5", "umt5"),
+        encoder=StackSpec(embed="encoder.embed_tokens", layers="encoder.block", final_norm="encoder.final_layer_norm",
+                          self_attn="layer.0.SelfAttention", mlp_out="layer.1.DenseReluDense.wo"),
+        decoder=StackSpec(embed="decoder.embed_tokens", layers="decoder.block", final_norm="decoder.final_layer_norm",
+                          self_attn="layer.0.SelfAttention", mlp_out="layer.2.DenseReluDense.wo",
+                          cross_attn="layer.1.EncDecAttention"),
+        unembed="lm_head",
+        d_model_attr="d_model",
+        tied_output_scale=True,
+    ),
+    EncoderDecoderSpec(
+        family="bart",
+        model_types=("bart",),
+        encoder=StackSpec(embed="model.encoder.embed_tokens", layers="model.encoder.layers", final_norm=None,
+                          self_attn="self_attn", mlp_out="fc2"),
+        decoder=StackSpec(embed="model.decoder.embed_tokens", layers="model.decoder.layers", final_norm=None,
+                          self_attn="self_attn", mlp_out="fc2", cross_attn="encoder_attn"),
+        unembed="lm_head",
+        d_model_attr="d_model",
+        logit_bias="final_logits_bias",
+    ),
+)
+# Encoder-decoder model types refused by every decoder-only analysis (those with a row, and others).
+ENCODER_DECODER = (*(t for spec in ENCODER_DECODER_ARCHITECTURES for t in spec.model_types),
+                   "mbart", "pegasus", "marian", "led")
+
+
+def encoder_decoder_spec(model_type: str) -> EncoderDecoderSpec:
+    """The encoder-decoder row for ``model_type``; a clear error if there is none."""
+    for spec in ENCODER_DECODER_ARCHITECTURES:
+        if model_type in spec.model_types:
+            return spec
+    known = sorted(t for spec in ENCODER_DECODER_ARCHITECTURES for t in spec.model_types)
+    raise UnsupportedArchitecture(
+        f"'{model_type}' has no encoder-decoder row (known: {', '.join(known)}). Add an EncoderDecoderSpec row "
+        "to ENCODER_DECODER_ARCHITECTURES in workbench/models/adapter.py naming its two stacks and unembedding."
+    )
+
+
+def validate_encoder_decoder(spec: EncoderDecoderSpec, hf_model: torch.nn.Module, model_type: str) -> None:
+    """Raise UnsupportedArchitecture naming every module the encoder-decoder row expects but the model lacks."""
+    missing = [f"{role} ({path})" for role, path in spec.required_paths().items() if not _has_path(hf_model, path)]
+    if spec.logit_bias and not hasattr(hf_model, spec.logit_bias):
+        missing.append(f"logit_bias ({spec.logit_bias})")
+    if missing:
+        raise UnsupportedArchitecture(
+            f"Model type '{model_type}' was mapped to the '{spec.family}' encoder-decoder row, but these modules "
+            f"are missing: {', '.join(missing)}. Fix its EncoderDecoderSpec in workbench/models/adapter.py."
+        )
 
 
 def spec_for_model_type(model_type: str) -> ArchitectureSpec:

@@ -4,7 +4,8 @@ Owns reading weights through an ``ArchitectureSpec`` (the adapter names the modu
 them): each block's MLP weights as (neuron, d_model) matrices (nn.Linear keeps (out, in), GPT-2's
 Conv1D keeps (in, out); a fused gate/up projection, Phi-3's ``gate_up_proj``, is split into its
 gate and up halves), the scales of the norms around the MLP, the unembedding matrix, and,
-inside a trace, the MLP output projection whose input is the neuron activations. Neuron
+inside a trace, the MLP output projection whose input is the neuron activations; and, for an
+encoder-decoder row (``EncoderDecoderSpec``), decoding a decoder state into logits as the model does. Neuron
 analyses read weights, not activations, through here.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.models.adapter import ArchitectureSpec
+from workbench.models.adapter import ArchitectureSpec, EncoderDecoderSpec
 
 # Neuron analyses read weights, not activations: these helpers hand them over in one
 # orientation, every matrix (neurons, d_model), whatever the module type (nn.Linear keeps
@@ -89,3 +90,17 @@ def unembedding_matrix(spec: ArchitectureSpec, hf_model: torch.nn.Module) -> tor
 def mlp_out_envoy(spec: ArchitectureSpec, mlp_envoy):
     """Inside a trace: the MLP's output projection, whose ``.input`` is the neuron activations."""
     return getattr(mlp_envoy, spec.mlp_out)
+
+
+def decode_decoder(spec: EncoderDecoderSpec, hf_model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """(..., d_model) decoder states (a decoder block's output) -> (..., vocab) logits, as the model
+    decodes its last decoder block's output."""
+    if spec.decoder.final_norm:
+        hidden = hf_model.get_submodule(spec.decoder.final_norm)(hidden)
+    config = hf_model.config
+    if spec.tied_output_scale and getattr(config, "tie_word_embeddings", False):
+        hidden = hidden * getattr(config, spec.d_model_attr) ** -0.5
+    logits = hf_model.get_submodule(spec.unembed)(hidden)
+    if spec.logit_bias:
+        logits = logits + getattr(hf_model, spec.logit_bias).to(logits.device)
+    return logits
