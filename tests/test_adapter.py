@@ -17,11 +17,17 @@ from types import SimpleNamespace
 import pytest
 from huggingface_hub import constants as hub_constants
 from transformers import (
+    Gemma2Config,
     Gemma3Config,
     Gemma3TextConfig,
     GPT2Config,
+    GPTJConfig,
+    GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
+    Olmo2Config,
+    Phi3Config,
+    PhiConfig,
     Qwen2Config,
     Qwen3Config,
 )
@@ -84,6 +90,41 @@ CASES = {
         MistralConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4,
                       vocab_size=444, max_position_embeddings=160, tie_word_embeddings=False),
         dict(d_model=48, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=444, max_positions=160,
+             tied_embeddings=False),
+    ),
+    "gemma2": (
+        Gemma2Config(hidden_size=56, num_hidden_layers=3, num_attention_heads=7, num_key_value_heads=1,
+                     vocab_size=222, max_position_embeddings=96, tie_word_embeddings=True),
+        dict(d_model=56, n_layers=3, n_heads=7, n_kv_heads=1, vocab_size=222, max_positions=96,
+             tied_embeddings=True),
+    ),
+    "olmo2": (
+        Olmo2Config(hidden_size=40, num_hidden_layers=5, num_attention_heads=5, num_key_value_heads=5,
+                    vocab_size=211, max_position_embeddings=112, pad_token_id=0, tie_word_embeddings=False),
+        dict(d_model=40, n_layers=5, n_heads=5, n_kv_heads=5, vocab_size=211, max_positions=112,
+             tied_embeddings=False),
+    ),
+    "phi3": (
+        Phi3Config(hidden_size=36, num_hidden_layers=6, num_attention_heads=3, num_key_value_heads=1,
+                   vocab_size=199, max_position_embeddings=144, pad_token_id=0, tie_word_embeddings=False),
+        dict(d_model=36, n_layers=6, n_heads=3, n_kv_heads=1, vocab_size=199, max_positions=144,
+             tied_embeddings=False),
+    ),
+    "gpt_neox": (  # Pythia-70m's sizes
+        GPTNeoXConfig(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, vocab_size=50304,
+                      max_position_embeddings=2048, tie_word_embeddings=False),
+        dict(d_model=512, n_layers=6, n_heads=8, n_kv_heads=8, vocab_size=50304, max_positions=2048,
+             tied_embeddings=False),
+    ),
+    "phi": (
+        PhiConfig(hidden_size=88, num_hidden_layers=4, num_attention_heads=11, vocab_size=301,
+                  max_position_embeddings=272, tie_word_embeddings=False),
+        dict(d_model=88, n_layers=4, n_heads=11, n_kv_heads=11, vocab_size=301, max_positions=272,
+             tied_embeddings=False),
+    ),
+    "gptj": (
+        GPTJConfig(n_embd=112, n_layer=3, n_head=14, vocab_size=287, n_positions=352, tie_word_embeddings=False),
+        dict(d_model=112, n_layers=3, n_heads=14, n_kv_heads=14, vocab_size=287, max_positions=352,
              tied_embeddings=False),
     ),
 }
@@ -157,12 +198,22 @@ def test_loaded_model_info_is_unchanged(workbench, tiny_dirs):
 # ---------------------------------------------------------------------- residual topology
 
 
+PARALLEL_FAMILIES = {"gpt_neox", "phi", "gptj"}  # attention and MLP both read the block input
+
+
 def test_every_row_declares_a_known_topology():
     for spec in adapter.ARCHITECTURES:
         assert spec.residual in adapter.RESIDUAL_TOPOLOGIES
-        assert spec.sequential and not spec.parallel  # every family today
-        assert spec.rename_table()[spec.pre_mlp_norm] == "pre_mlp_norm"
-        spec.require_sequential("this")  # no error
+        assert spec.parallel == (spec.family in PARALLEL_FAMILIES) != spec.sequential
+        if spec.parallel:
+            assert "pre_mlp_norm" not in spec.rename_table().values()
+            with pytest.raises(UnsupportedArchitecture, match=f"'{spec.family}'"):
+                spec.require_sequential("this")
+        else:
+            spec.require_sequential("this")  # no error
+            if spec.pre_mlp_norm is not None:  # OLMo 2: no norm before the MLP, resid_mid is its input
+                assert spec.rename_table()[spec.pre_mlp_norm] == "pre_mlp_norm"
+    assert adapter.spec_for_model_type("olmo2").pre_mlp_norm is None
 
 
 @pytest.mark.parametrize("value", ["parellel", "Sequential", "", None])
@@ -290,7 +341,7 @@ def test_load_and_materialize_are_offline_unless_allowed(tiny_dirs, hub_online, 
             return real(arg)
         return call
 
-    monkeypatch.setattr(loader, "_read_model_type", recording("load", loader._read_model_type))
+    monkeypatch.setattr(loader, "_read_config", recording("load", loader._read_config))
     monkeypatch.setattr(catalog, "directory_digest", recording("materialize", catalog.directory_digest))
     model = loader.load(catalog.materialize(catalog.resolve(str(tiny_dirs["llama"])), settings), settings)
     assert seen == {"materialize": offline, "load": offline}

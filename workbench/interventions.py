@@ -14,7 +14,9 @@ values are bit-identical and only the gradient changes:
     LN-rule        norms divide by a detached scale:    dy = w * d(x - mean) / s.detach()
     identity rule  elementwise activations:             dy = (act(x) / x).detach() * dx
     half rule      gated product g * u:                 half of the gradient to each factor
-    AH-rule        attention probabilities detached (a registered attention function)
+    AH-rule        attention probabilities detached (a registered attention function; for an
+                   attention that computes its own probabilities, GPT-J's ``_attn``, that method
+                   wrapped per module for the duration: adapter ``attn_core``)
 
 Why hooks and not an nnsight trace: the rules must be active while autograd records the
 forward, and nnsight notes that swapping module forwards under its wrapping breaks its
@@ -262,6 +264,32 @@ def _attention_implementation(model: LoadedModel, name: str) -> Iterator[None]:
         hf.set_attn_implementation(previous)
 
 
+def _ah_core(core: Callable) -> Callable:
+    """``core(query, key, value, mask) -> (out, probs)`` with the output recomputed from detached probs."""
+
+    def wrapped(query, key, value, *args, **kwargs):
+        _out, probs = core(query, key, value, *args, **kwargs)
+        return torch.matmul(probs.detach(), value), probs
+
+    return wrapped
+
+
+@contextlib.contextmanager
+def _ah_on_attention_cores(model: LoadedModel) -> Iterator[None]:
+    """The AH rule for attention modules that compute their own probabilities (adapter ``attn_core``):
+    an instance attribute shadows the method while the rules are on (the module's forward, which
+    nnsight wraps, is left alone)."""
+    spec = model.spec
+    modules = [block(model, layer).get_submodule(spec.attn) for layer in range(model.info.n_layers)]
+    for module in modules:
+        setattr(module, spec.attn_core, _ah_core(getattr(module, spec.attn_core)))
+    try:
+        yield
+    finally:
+        for module in modules:
+            delattr(module, spec.attn_core)  # the class's method shows through again
+
+
 @contextlib.contextmanager
 def lrp_rules(model: LoadedModel, rules: Rules) -> Iterator[None]:
     """Install the chosen rules on every block (and the final norm) for the duration."""
@@ -282,8 +310,12 @@ def lrp_rules(model: LoadedModel, rules: Rules) -> Iterator[None]:
         if rules.ln:
             final = model.module(spec.final_norm)
             handles.append(final.register_forward_hook(_ln_rule(final, spec.norm_weight_offset)))
-        with _attention_implementation(model, AH_IMPLEMENTATION if rules.attention else "eager"):
-            yield
+        if rules.attention and spec.attn_core:
+            with _ah_on_attention_cores(model):
+                yield
+        else:
+            with _attention_implementation(model, AH_IMPLEMENTATION if rules.attention else "eager"):
+                yield
     finally:
         for handle in handles:
             handle.remove()

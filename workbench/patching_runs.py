@@ -27,10 +27,13 @@ position ``p > p0`` recompute positions p0..p-1 on corrupted values: unchanged, 
 path. Positions whose clean and corrupted values are equal are a no-op patch, scored exactly 0
 (the plain path skips them too).
 
-Safety: the fast path runs only for model types whose blocks run one after another, decoded
-as ``soft_cap(W_U final_norm(h))``, and whose forward takes ``position_ids`` and a ``DynamicCache``
-(``FAST_MODEL_TYPES``: GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma 3 text); any other model uses
-the plain path. The probe row (the model's own forward after the cached prefix) and one
+Safety: the fast path runs only for model types whose blocks run one after another (each block
+called whole, whatever its inner topology: parallel GPT-NeoX / Phi / GPT-J blocks included),
+decoded as ``soft_cap(W_U final_norm(h) + b_U)``, and whose forward takes ``position_ids`` and a
+``DynamicCache`` (``FAST_MODEL_TYPES``: GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text,
+OLMo 2, Phi, Phi-3, GPT-NeoX, GPT-J; each checked against the plain path by
+tests/test_fast_patching.py or tests/test_architecture_matrix.py); any other model uses the plain
+path. The probe row (the model's own forward after the cached prefix) and one
 unpatched control row in every pass must reproduce the corrupted logit difference; if one does
 not, ``CacheMismatch`` is raised and the caller falls back to the plain path, never returning a
 different number silently.
@@ -50,7 +53,8 @@ from workbench.lenses import soft_cap
 from workbench.models.loader import LoadedModel
 
 # Model types whose forward, decoding and cache use were checked against the plain path.
-FAST_MODEL_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma3_text"})
+FAST_MODEL_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma2", "olmo2",
+                              "phi", "phi3", "gpt_neox", "gptj"})
 # Most (rows x keys) per batched run: bounds the expanded key/value prefix and attention sizes.
 KV_TOKEN_BUDGET = 8192
 CONTROL = "control"  # the unpatched row of every pass

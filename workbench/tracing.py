@@ -128,18 +128,34 @@ def forward_logits(model: LoadedModel, token_ids: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class SublayerTrace:
     resid_in: torch.Tensor  # (block, seq, d_model): block input
-    resid_mid: torch.Tensor  # (block, seq, d_model): residual after the attention sublayer
+    # (block, seq, d_model): residual after the attention sublayer. In a PARALLEL block (``parallel``)
+    # no such state exists: this is then ``resid_in + attention output``, which the model never
+    # computes; only the differences (attention = mid - in, MLP = out - mid) mean something there.
+    resid_mid: torch.Tensor
     resid_out: torch.Tensor  # (block, seq, d_model): block output
     logits: torch.Tensor  # (seq, vocab)
+    parallel: bool = False  # both sublayers read resid_in (adapter topology "parallel")
+
+
+def _resid_mid(block, at_mlp: bool):
+    """Inside a trace: a sequential block's residual between attention and MLP, the input of its
+    pre-MLP norm, or of the MLP itself where there is none (``at_mlp``: OLMo 2)."""
+    return _first(block.mlp.input) if at_mlp else _first(block.pre_mlp_norm.input)
 
 
 def sublayer_stream(model: LoadedModel, token_ids: torch.Tensor) -> SublayerTrace:
     """Residual stream before, between and after the attention and MLP sublayers of every block.
 
-    The middle state is the input of the block's pre-MLP norm (adapter ``pre_mlp_norm``), so each
-    sublayer's contribution is a difference of residuals whatever extra norms the family has.
+    The middle state is the input of the block's pre-MLP norm (adapter ``pre_mlp_norm``; the MLP's
+    own input where there is none, OLMo 2), so each sublayer's contribution is a difference of
+    residuals whatever extra norms the family has. In a parallel block (GPT-NeoX, Phi, GPT-J) the
+    attention module's output is recorded instead and ``resid_mid = resid_in + attention``, so the
+    two contributions are still exact (the parallel families add their sublayer outputs unnormalised).
     """
-    model.spec.require_sequential("Recording the residual between attention and MLP")
+    spec = model.spec
+    parallel, at_mlp = spec.parallel, spec.pre_mlp_norm is None
+    if parallel and spec.mlp_post_norm is not None:  # no family has one: its attention write would need it too
+        spec.require_sequential("Splitting a block with post-sublayer norms into its two contributions")
     lm, n_layers = model.lm, model.info.n_layers
     with model.lock, torch.no_grad():
         with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
@@ -147,7 +163,7 @@ def sublayer_stream(model: LoadedModel, token_ids: torch.Tensor) -> SublayerTrac
             for layer in range(n_layers):
                 block = lm.layers[layer]
                 ins.append(_first(block.input))
-                mids.append(_first(block.pre_mlp_norm.input))
+                mids.append(_first(block.attn.output) if parallel else _resid_mid(block, at_mlp))
                 outs.append(_first(block.output))
             logits = lm.output.logits
             nnsight.save(ins)
@@ -155,7 +171,10 @@ def sublayer_stream(model: LoadedModel, token_ids: torch.Tensor) -> SublayerTrac
             nnsight.save(outs)
             logits = nnsight.save(logits)
     stack = lambda states: torch.stack([s[0].detach().float().cpu() for s in states])  # noqa: E731
-    return SublayerTrace(stack(ins), stack(mids), stack(outs), logits[0].detach().float().cpu())
+    resid_in, mid = stack(ins), stack(mids)
+    if parallel:
+        mid = resid_in + mid  # the attention output added to the block input (see SublayerTrace)
+    return SublayerTrace(resid_in, mid, stack(outs), logits[0].detach().float().cpu(), parallel=parallel)
 
 
 def skip_layers(
@@ -246,11 +265,15 @@ class AttentionTrace:
 def attention_and_states(model: LoadedModel, token_ids: torch.Tensor) -> AttentionTrace:
     """One forward pass recording every head's attention probabilities, the residual stream and
     each MLP's write to the residual (block output minus the input of its pre-MLP norm, so
-    Gemma's extra post-MLP norm is included). Needs eager attention (the loader's default):
+    Gemma's extra post-MLP norm is included; in a parallel block, where no residual separates the
+    sublayers, the MLP module's output, which the block adds as it is). Needs eager attention (the loader's default):
     other implementations return no probabilities."""
     if token_ids.ndim != 1:
         raise ValueError("token_ids must be one sequence, shape (seq,)")
-    model.spec.require_sequential("Recording each MLP's write to the residual stream")
+    spec = model.spec
+    parallel, at_mlp = spec.parallel, spec.pre_mlp_norm is None
+    if parallel and spec.mlp_post_norm is not None:  # the MLP module's output would miss that norm
+        spec.require_sequential("Recording each MLP's write to the residual stream")
     lm, n_layers = model.lm, model.info.n_layers
     with model.lock, torch.no_grad():
         with lm.trace(token_ids.unsqueeze(0).to(model.device), **_trace_options(model)):
@@ -259,7 +282,8 @@ def attention_and_states(model: LoadedModel, token_ids: torch.Tensor) -> Attenti
             for layer in range(n_layers):
                 block = lm.layers[layer]
                 probs.append(block.attn.output[1])
-                mids.append(_first(block.pre_mlp_norm.input))
+                # parallel: the MLP's output is what it adds; sequential: the residual before it
+                mids.append(_first(block.mlp.output) if parallel else _resid_mid(block, at_mlp))
                 states.append(_first(block.output))
             logits = lm.output.logits
             nnsight.save(probs)
@@ -271,13 +295,15 @@ def attention_and_states(model: LoadedModel, token_ids: torch.Tensor) -> Attenti
     attn = torch.stack([p[0].detach().float().cpu() for p in probs])
     resid = torch.stack([s[0].detach().float().cpu() for s in states])
     mid = torch.stack([m[0].detach().float().cpu() for m in mids])
-    return AttentionTrace(attn=attn, resid=resid, mlp_write=resid[1:] - mid, logits=logits[0].detach().float().cpu())
+    mlp_write = mid if parallel else resid[1:] - mid
+    return AttentionTrace(attn=attn, resid=resid, mlp_write=mlp_write, logits=logits[0].detach().float().cpu())
 
 
 # ---------------------------------------------------------------------- concept-depth probes
 # Representation sites of one text's last token, per block: "mlp_input" is the output of the
 # block's pre-MLP norm (adapter ``pre_mlp_norm``: the post-attention norm in Llama, Jin et al.'s
-# choice), "block_output" the block's output (residual stream after the block).
+# choice), i.e. what the MLP reads (OLMo 2: the un-normalised residual), "block_output" the
+# block's output (residual stream after the block).
 LAST_TOKEN_SITES = ("mlp_input", "block_output")
 
 
@@ -309,13 +335,19 @@ def last_token_states(model: LoadedModel, sequences: list[list[int]], site: str 
     ids, mask, lengths = _right_padded(sequences)
     rows, last = torch.arange(len(sequences)), lengths - 1
     lm, n_layers = model.lm, model.info.n_layers
+    # the norm's output where the alias exists, else what the MLP reads (OLMo 2: the residual itself;
+    # parallel blocks: the output of the norm the MLP reads, which is its input)
+    norm_output = model.spec.sequential and model.spec.pre_mlp_norm is not None
     with model.lock, torch.no_grad():
         with lm.trace({"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)},
                       logits_to_keep=1, **_trace_options(model)):
             states = []
             for layer in range(n_layers):
                 block = lm.layers[layer]
-                value = block.pre_mlp_norm.output if site == "mlp_input" else _first(block.output)
+                if site == "mlp_input":
+                    value = block.pre_mlp_norm.output if norm_output else _first(block.mlp.input)
+                else:
+                    value = _first(block.output)
                 states.append(value[rows, last])
             nnsight.save(states)
     return torch.stack([s.detach().float().cpu() for s in states])

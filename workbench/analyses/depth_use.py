@@ -7,8 +7,14 @@ is an attention sink with atypical norms):
 
 * relative norm of the attention contribution ``||a_l|| / ||h_l||`` and of the MLP
   contribution ``||m_l|| / ||h_l + a_l||``, where contributions are differences of
-  residual states (so Gemma's extra post-norms are included, see tracing.sublayer_stream);
+  residual states (so Gemma's and OLMo 2's post-sublayer norms are included, see
+  tracing.sublayer_stream);
 * cosine of each contribution with the residual it is added to (negative: it erases);
+
+Parallel blocks (GPT-NeoX / Pythia, Phi, GPT-J: ``out = h + attn(h) + mlp(h)``) have no residual
+between the sublayers: both contributions are exact (the attention module's output and the
+rest of the block's write), and BOTH are measured against the block input ``h_l`` they read,
+``||m_l|| / ||h_l||`` and ``cos(m_l, h_l)``, not against ``h_l + a_l``, which the model never forms.
 * skipping block ``l`` (its output := its input): KL(p_orig || p_skip) of the output
   distribution at the last position and averaged over positions, and the relative change
   ``||h'_m - h_m|| / ||h_m||`` of every later block output ``m``.
@@ -97,6 +103,7 @@ def compute(
     pos = _positions(len(tokens), request.include_first_token)
     h_in, h_mid, h_out = (t[:, pos] for t in (clean.resid_in, clean.resid_mid, clean.resid_out))
     attn, mlp = h_mid - h_in, h_out - h_mid
+    mlp_reads = h_in if clean.parallel else h_mid  # what the MLP's contribution is added to / compared with
     n_layers = h_in.shape[0]
     kl = kl_from_logits(clean.logits.unsqueeze(0), skipped_logits)  # (block, seq)
     change = np.zeros((n_layers, n_layers), np.float32)
@@ -109,9 +116,9 @@ def compute(
         model_name=model_name,
         tokens=np.array(tokens),
         attn_rel_norm=_mean_ratio(attn, h_in).astype(np.float32),
-        mlp_rel_norm=_mean_ratio(mlp, h_mid).astype(np.float32),
+        mlp_rel_norm=_mean_ratio(mlp, mlp_reads).astype(np.float32),
         attn_cos=_mean_cos(attn, h_in).astype(np.float32),
-        mlp_cos=_mean_cos(mlp, h_mid).astype(np.float32),
+        mlp_cos=_mean_cos(mlp, mlp_reads).astype(np.float32),
         skip_kl_last=kl[:, -1].float().numpy(),
         skip_kl_mean=kl[:, pos].mean(-1).float().numpy(),
         skip_resid_change=change,

@@ -28,7 +28,10 @@ Optionally the preceding norm's weights are folded in first (``fold_norm``): the
 the norm the MLP reads (``1 + weight`` for Gemma) multiplies the columns of ``w_gate`` and
 ``w_in``. Folding changes the cosines, so it is an explicit request option. Gemma's norm
 after the MLP is not folded into ``w_out`` (its large scales swamp every cosine: with it
-every Gemma-3-270m neuron came out "orthogonal output").
+every Gemma-3-270m neuron came out "orthogonal output"). A model with no norm before its MLP
+(OLMo 2) refuses ``fold_norm`` (BadRequest): there is nothing to fold. Phi-3's fused
+``gate_up_proj`` is split into gate and up rows by ``parts.mlp_weights``; non-gated MLPs
+(GPT-2, GPT-NeoX / Pythia, Phi, GPT-J) get the three non-gated classes.
 
 Everything is vectorised per layer (float32 unit rows, one einsum per cosine, in numpy).
 """
@@ -198,6 +201,11 @@ def layer_weights(model: LoadedModel, layer: int, fold_norm: bool) -> parts.MlpW
 
     Without folding these may be views of the model's weights: read them, never write them.
     """
+    if fold_norm and model.spec.pre_mlp_norm is None:
+        raise BadRequest(
+            f"There is no norm to fold: {model.name} ({model.spec.family}) normalises its sublayers' outputs, "
+            "and its MLP reads the residual stream directly. Run without 'fold the preceding norm'."
+        )
     raw = parts.mlp_weights(model.spec, model.hf_model, layer)
     w_gate = raw.w_gate.float().cpu() if raw.w_gate is not None else None
     w_in, w_out = raw.w_in.float().cpu(), raw.w_out.float().cpu()

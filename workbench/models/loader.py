@@ -105,11 +105,16 @@ def _model_info(config, spec: adapter.ArchitectureSpec, n_layers: int) -> ModelI
     )
 
 
-def _read_model_type(local: LocalModel) -> str:
+def _read_spec(local: LocalModel) -> adapter.ArchitectureSpec:
+    """The adapter row for the model in ``local``, from its config (the topology may be a config switch)."""
+    return adapter.spec_for_config(_read_config(local))
+
+
+def _read_config(local: LocalModel):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(local.path, trust_remote_code=False).model_type
+        return AutoConfig.from_pretrained(local.path, trust_remote_code=False)
     except Exception as exc:
         raise ModelLoadError(f"Could not read the config of {local.path}: {_first_line(exc)}") from exc
 
@@ -129,7 +134,7 @@ def load(local: LocalModel, settings: Settings) -> LoadedModel:
 def _load_local(local: LocalModel, settings: Settings) -> LoadedModel:
     from nnsight import TransformersModel
 
-    spec = adapter.spec_for_model_type(_read_model_type(local))
+    spec = _read_spec(local)
     use_safetensors = _check_files(local, settings)
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -252,6 +257,7 @@ def _check_complete_weights(hf_model: torch.nn.Module, local: LocalModel) -> Non
     for path in files:
         with safe_open(str(path), "pt") as handle:
             stored.update(handle.keys())
+    stored = _loaded_names(hf_model, stored)
     expected = set(hf_model.state_dict())
     tied = set(getattr(hf_model, "all_tied_weights_keys", None) or {})
     missing = sorted(expected - stored - tied)
@@ -262,6 +268,21 @@ def _check_complete_weights(hf_model: torch.nn.Module, local: LocalModel) -> Non
             "they would be random. The weights are incomplete or belong to a different config "
             "(check num_hidden_layers and the other sizes)."
         )
+
+
+def _loaded_names(hf_model: torch.nn.Module, names: set[str]) -> set[str]:
+    """Checkpoint tensor names as the model names them after loading: transformers renames some
+    (GPT-NeoX / Pythia checkpoints store the unembedding as ``embed_out``, loaded as ``lm_head``)."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    renamings = [t for t in get_model_conversion_mapping(hf_model) if type(t) is WeightRenaming]
+    renamed = set()
+    for name in names:
+        for renaming in renamings:
+            name, _ = renaming.rename_source_key(name)
+        renamed.add(name)
+    return renamed
 
 
 # ---------------------------------------------------------------------- remote (NDIF) models
@@ -275,7 +296,7 @@ REMOTE_WEIGHTS_MESSAGE = (
 
 def _load_remote(local: LocalModel) -> LoadedModel:
     """A model run on NDIF: its skeleton on the meta device from config and tokenizer (no weights)."""
-    spec = adapter.spec_for_model_type(_read_model_type(local))
+    spec = _read_spec(local)
     try:
         with _LOAD_LOCK:
             lm = meta_model(local.path, spec.rename_table())
