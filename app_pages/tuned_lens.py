@@ -35,13 +35,17 @@ live = st.empty()  # the prompt's trajectory shows as soon as the maps are fitte
 
 
 def show_partial(partial) -> None:
+    # keyed by the tokens done: the trajectory is the same in every partial, and two unkeyed charts of
+    # one figure in one run are a StreamlitDuplicateElementId
     with live.container():
         if partial.eval_tokens:
-            st.caption(f"Held-out statistics so far: {partial.eval_tokens} tokens (more chunks are running).")
-            st.plotly_chart(linear_shortcut.ANALYSIS.figure("held_out", partial))
+            st.caption(f"Held-out statistics so far: {partial.eval_tokens:d} tokens (more chunks are running).")
+            st.plotly_chart(linear_shortcut.ANALYSIS.figure("held_out", partial),
+                            key=f"ls_live_held_out_{partial.eval_tokens}")
         else:
             st.caption("The maps are fitted; the held-out statistics are being computed.")
-        st.plotly_chart(linear_shortcut.ANALYSIS.figure("trajectory", partial))
+        st.plotly_chart(linear_shortcut.ANALYSIS.figure("trajectory", partial),
+                        key=f"ls_live_trajectory_{partial.eval_tokens}")
 
 
 shortcut = shortcut_form.run(linear_shortcut.ANALYSIS, "Press **Fit and compare** for the instant learned lens.",
@@ -82,9 +86,9 @@ def show_status() -> None:
         return
     if status.state == "running":
         st.progress(status.step / max(1, status.target_steps),
-                    text=f"Training: step {status.step} of {status.target_steps}")
+                    text=f"Training: step {status.step:d} of {status.target_steps:d}")
     else:
-        st.markdown(f"State: **{status.state}**, {status.step} steps trained."
+        st.markdown(f"State: **{ui.escape(status.state)}**, {status.step:d} steps trained."
                     + (f" {ui.escape(status.message)}" if status.message else ""))
     if status.losses:
         ui.plot(loss_curve(status), "tl_loss", name="tuned_lens-loss")
@@ -110,7 +114,7 @@ if request is not None:
         model_name, request.prompt, request.target, request.config, request.eval_chunks, report))
     if result is not None:
         if result.lens_step < UNDER_TRAINED_STEPS:
-            st.warning(f"This tuned lens has had only {result.lens_step} training steps, so it is still close to the "
+            st.warning(f"This tuned lens has had only {result.lens_step:d} training steps, so it is still close to the "
                        "logit lens it starts from: its numbers say little yet. Train it further (a few hundred "
                        "steps) and compare again, or use the linear shortcut above, which needs no training.")
         ui.remember(result, FigureSource(ANALYSIS.name, model_name,
