@@ -7,7 +7,8 @@
 * ``escape`` against GitHub-flavoured Markdown's autolink literals and Streamlit's icon codes.
 * Every figure of every analysis, run on a model whose directory path holds a link, shows the path
   with no plotly markup in it.
-The browser checks (a real Chromium, links in the address) are in ``test_browser_injection.py``.
+* Pages opened on hostile links (AppTest): what they hand to Markdown has nothing a renderer would
+  link. The browser checks (a real Chromium, links in the address) are in ``test_browser_injection.py``.
 """
 
 from __future__ import annotations
@@ -245,3 +246,40 @@ def test_figures_show_a_hostile_model_name_without_markup(analysis, hostile_mode
         for fig in (curves([task]), curves([task, dataclasses.replace(task, model_name="n")], f"{LINK} vs n")):
             marked, named = _hostile_strings(fig)
             assert not marked and any(p.endswith(".name") for p, _ in named), (marked, named)  # in the legend
+
+
+# ------------------------------------------------------------------------------------------ pages (AppTest)
+
+
+def _rendered(at) -> list[str]:
+    """The Markdown source of every element AppTest sees that Streamlit renders as Markdown."""
+    kinds = ("error", "warning", "info", "success", "markdown", "caption", "subheader", "header", "title")
+    return [element.value for kind in kinds for element in getattr(at, kind)] + [
+        element.label for element in at.get("expander")]
+
+
+def _linkable(source: str) -> list[str]:
+    """What a Markdown renderer would link in ``source``: bracketed links, HTML, bare URLs, e-mail."""
+    unescaped = re.findall(r"(?<!\\)[\[<]", source)
+    shown = resolved(source)
+    return unescaped + GFM_URL.findall(shown) + GFM_EMAIL.findall(shown) + ICON.findall(shown)
+
+
+def test_hostile_links_reach_the_pages_only_escaped(app, tiny_dirs):
+    from tests.page_helpers import open_link
+
+    target = "<img src=x onerror=alert(1)> http://evil.example [a](http://evil.example) bob@evil.example"
+    for page, params, phrase in (
+            ("home", {"model": BARE_LINK}, BARE_LINK),
+            ("home", {"model": MARKDOWN_LINK}, MARKDOWN_LINK),
+            ("logit_lens", {"model": BARE_LINK, "ll_prompt": "Hi"}, BARE_LINK),
+            ("logit_lens", {"model": str(tiny_dirs["llama"]), "ll_prompt": "Hi", "ll_target": target}, target)):
+        at = open_link(app, f"app_pages/{page}.py", params)
+        assert not at.exception
+        sources = _rendered(at)
+        assert any(phrase in resolved(s).replace(ui.WORD_JOINER, "") for s in sources), (page, sources)
+        assert not [s for s in sources if _linkable(s)], (page, [(s, _linkable(s)) for s in sources if _linkable(s)])
+
+
+BARE_LINK = "www.evil.example/login"
+MARKDOWN_LINK = "[click](http://evil.example)![x](http://evil.example/t.png)"
