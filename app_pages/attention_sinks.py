@@ -43,10 +43,10 @@ with probe_tab:
         first = "the tokenizer's BOS" if result.first_is_bos else "the first real token (no BOS added)"
         drop = f"drops at block {result.drop_block})." if result.drop_block >= 0 else "never drops after)."
         st.markdown(
-            f"Position 0 is **{ui.escape(result.tokens[0])}**, {first}. "
+            f"Position 0 is **{ui.escape(result.tokens[0])}**, {ui.escape(first)}. "
             f"**{result.first_head_fraction:.0%}** of (layer, head) have sink score > {result.eps:g} on it. "
-            f"BOS sink window: after block {result.window_start - 1} to after block {result.window_end - 1} "
-            f"(norm jumps at block {result.jump_block}, {drop}"
+            f"BOS sink window: after block {result.window_start - 1:d} to after block {result.window_end - 1:d} "
+            f"(norm jumps at block {result.jump_block:d}, {ui.escape(drop)}"
         )
         st.markdown(
             f"Anisotropy baseline: inside the window, two ordinary tokens have median |cos| "
@@ -72,7 +72,7 @@ with batch_tab:
 
     def show_levels(partial) -> None:
         with live_levels.container():
-            st.caption(f"First {len(partial.prompt_secondary_count)} prompts probed; the others are running.")
+            st.caption(f"First {len(partial.prompt_secondary_count):d} prompts probed; the others are running.")
             ui.live_chart(sink_levels.ANALYSIS.figure("onset_histogram", partial))
 
     levels = levels_form.run(sink_levels.ANALYSIS, "Edit the prompt set if you like and press **Run over the "
@@ -80,11 +80,11 @@ with batch_tab:
     live_levels.empty()
     if levels is not None:
         st.markdown(
-            f"{len(levels.prompt_secondary_count)} prompts; mean fraction of (layer, head) sinking on "
-            f"{first_label(levels)}: **{levels.prompt_first_fraction.mean():.0%}**; "
-            f"secondary sinks found: **{levels.count('secondary')}** "
+            f"{len(levels.prompt_secondary_count):d} prompts; mean fraction of (layer, head) sinking on "
+            f"{ui.escape(first_label(levels))}: **{levels.prompt_first_fraction.mean():.0%}**; "
+            f"secondary sinks found: **{levels.count('secondary'):d}** "
             f"in {levels.share_with_secondary:.0%} of prompts "
-            f"(other sink tokens: {levels.count('primary-like')} primary-like, {levels.count('noise')} noise)."
+            f"(other sink tokens: {levels.count('primary-like'):d} primary-like, {levels.count('noise'):d} noise)."
         )
         ui.chart(sink_levels.ANALYSIS, "onset_histogram", levels, key="lv_onsets")
         if len(levels.sink_onset):

@@ -60,7 +60,7 @@ comparison = form.submit(b=b_custom.strip() if b_choice == ui.OTHER else b_choic
 
 def side_by_side(analysis: Analysis, models: tuple[str, str], request) -> list:
     """``analysis`` on both models, its compare figure side by side; returns the runs that succeeded."""
-    st.subheader(label(analysis))
+    st.subheader(ui.escape(label(analysis)))
     done = []
     for index, (column, model) in enumerate(zip(st.columns(2), models, strict=True)):
         with column:

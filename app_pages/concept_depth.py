@@ -55,9 +55,10 @@ model_name = ui.header(
     "block whose accuracy reaches the chosen fraction of the best block's. Depth is drawn as l/L so models of "
     "different depth share one axis.")
 st.info(f"Bundled tasks (factual: city/country truth; emotional: sentiment with negations; inferential: two-step "
-        f"comparisons and arithmetic): {concept_datasets.PROVENANCE} Or upload your own CSV with columns text,label "
-        f"(two classes, {concept_datasets.CSV_MIN_ROWS} to {concept_datasets.CSV_MAX_ROWS} rows, texts up to "
-        f"{concept_datasets.CSV_MAX_CHARS} characters).")
+        f"comparisons and arithmetic): {ui.escape(concept_datasets.PROVENANCE)} Or upload your own CSV with columns "
+        f"text,label (two classes, {concept_datasets.CSV_MIN_ROWS:d} to {concept_datasets.CSV_MAX_ROWS:d} rows, texts "
+        f"up to {concept_datasets.CSV_MAX_CHARS:d} characters, a file of at most "
+        f"{concept_datasets.CSV_MAX_BYTES / 2**20:.1f} MB).")
 form = ui.RequestForm(
     "cd", Probes(), choices={"tasks": concept_datasets.TASKS, "site": SITE_LABELS, "compare": COMPARE_CHOICES},
     bounds={"limit": (20, concept_datasets.CSV_MAX_ROWS), "fraction": (0.5, 1.0), "noise": (0, MAX_NOISE_TOKENS)})
@@ -65,7 +66,8 @@ form = ui.RequestForm(
 with form.box("cd_form", "Run probes"):
     cols = st.columns([2, 2, 1])
     cols[0].multiselect("Bundled tasks", concept_datasets.TASKS, key=form.key("tasks"))
-    upload = cols[1].file_uploader("Your dataset (CSV: text,label)", type=["csv"], key="cd_csv")
+    upload = cols[1].file_uploader("Your dataset (CSV: text,label)", type=["csv"], key="cd_csv",
+                                   max_upload_size=concept_datasets.CSV_MAX_MB)
     cols[2].number_input("Texts per task at most", 20, concept_datasets.CSV_MAX_ROWS, step=20, key=form.key("limit"),
                          help="A balanced, seeded subset; fewer texts run faster.")
     cols = st.columns(4)
@@ -96,7 +98,7 @@ else:
             done = [r for r in runs if r is not None]
             if model == model_name and done and index + 1 < len(requests):
                 with live.container():
-                    st.caption(f"{len(done)} of {len(requests)} probes done; the others are running.")
+                    st.caption(f"{len(done):d} of {len(requests):d} probes done; the others are running.")
                     ui.live_chart(curves(done, f"Concept depth: {done[0].model_name}"))
         if None not in runs:
             results[model] = runs

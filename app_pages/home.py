@@ -25,7 +25,7 @@ entry = ui.guarded(lambda: catalog.resolve(ui.selected_model()))
 if entry is not None:
     st.subheader(ui.escape(entry.label))
     if entry.detail or entry.note:
-        st.info(f"{entry.detail} {entry.note}".strip())
+        st.info(ui.escape(f"{entry.detail} {entry.note}".strip()))
     if isinstance(entry.source, catalog.HubRepo) and not ui.workbench().settings.hub_allowed:
         st.warning(f"{ui.escape(entry.name)} is not a catalog model or a local directory, so it would come from "
                    "the HuggingFace hub, but hub downloads are off. Start the workbench with "
@@ -35,4 +35,4 @@ st.markdown(
     "that regenerates it), every page's address can be shared, and **Compare models** puts two models "
     "side by side on normalised depth. `python -m workbench` runs the same analyses without the UI."
 )
-st.markdown("**Pages**\n\n" + "\n".join(f"- **{title}**: {text}" for title, text in PAGES))
+st.markdown("**Pages**\n\n" + "\n".join(f"- **{ui.escape(title)}**: {ui.escape(text)}" for title, text in PAGES))

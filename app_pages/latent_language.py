@@ -28,12 +28,12 @@ if (result := form.run(ANALYSIS, "Choose a task and press **Run latent-language 
     correct = float(result.final_correct.mean()) if len(result.final_correct) else 0.0
     if correct < 0.25:  # e.g. SmolLM2 on translation: 0% right, most words skipped; the lens lines stay flat at 0
         st.warning(f"{ui.escape(ui.selected_model())} answers only {correct:.0%} of these "
-                   f"{len(result.prompts)} prompts correctly ({len(result.skipped)} words were skipped: not single "
+                   f"{len(result.prompts):d} prompts correctly ({len(result.skipped):d} words were skipped: not single "
                    "tokens for it), so its lens probabilities stay near zero and say little about a latent "
                    "language. Gemma 3 270M base (pick it in the sidebar) is the bundled model this view works "
                    "on; the repetition task is also easier for small models.")
     only_correct = st.checkbox("Only prompts the model answers correctly", key="lat_only_correct")
     ui.chart(ANALYSIS, "probabilities_correct" if only_correct else "probabilities", result, key="lat_chart")
-    with st.expander(f"{len(result.prompts)} prompts used, {len(result.skipped)} words skipped"):
+    with st.expander(f"{len(result.prompts):d} prompts used, {len(result.skipped):d} words skipped"):
         st.text("Skipped (not single distinct tokens): " + (", ".join(result.skipped) or "none"))
         st.code(result.prompts[0] if len(result.prompts) else "", language=None)

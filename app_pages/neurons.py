@@ -31,7 +31,7 @@ if classes is not None:
         ui.chart(neuron_classes.ANALYSIS, figure, classes, key=key)
     lo, hi = classes.null_band
     st.caption(
-        f"{classes.n_layers} layers × {classes.n_neurons} neurons, d_model = {classes.d_model}. "
+        f"{classes.n_layers:d} layers × {classes.n_neurons:d} neurons, d_model = {classes.d_model:d}. "
         f"{classes.null_coverage:.0%} of random cosines fall in [{lo:.3f}, {hi:.3f}]; "
         f"{classes.outside_null.mean():.1%} of this model's cos(w_in, w_out) fall outside."
     )
@@ -55,7 +55,7 @@ if by_class:
             [{"layer": la, "neuron": n, "cos(w_in, w_out)": round(c, 3)} for la, n, c in rows], key="ns_class_rows"
         )
         if not rows:
-            st.info(f"No {class_name} neurons here.")
+            st.info(f"No {ui.escape(class_name)} neurons here.")
 if by_token:
     rows = ui.guarded(lambda: ui.workbench().neuron_search_token(model_name, token))
     if rows is not None:
@@ -84,7 +84,7 @@ elif (vocab := ui.run(neuron_vocab.ANALYSIS, NeuronVocabRequest(effect_request.l
                                                                  fold_norm=fold))) is not None:
     gate = "" if vocab.cos_gate_out != vocab.cos_gate_out else (  # nan: not gated
         f", cos(gate, out) = {vocab.cos_gate_out:.3f}, cos(gate, in) = {vocab.cos_gate_in:.3f}")
-    st.subheader(f"Layer {vocab.layer}, neuron {vocab.neuron}: {vocab.class_name}")
+    st.subheader(f"Layer {vocab.layer:d}, neuron {vocab.neuron:d}: {ui.escape(vocab.class_name)}")
     flipped = " (w_in and w_out sign-flipped)" if vocab.flipped else ""
     st.text(f"cos(in, out) = {vocab.cos_in_out:.3f}{gate}{flipped}")
     ui.chart(neuron_vocab.ANALYSIS, "vocab_projection", vocab, key="ne_vocab")
@@ -99,7 +99,7 @@ elif (vocab := ui.run(neuron_vocab.ANALYSIS, NeuronVocabRequest(effect_request.l
             label="Top contexts over the bundled corpus")) is not None:
         st.caption(
             "Strongest activations (either sign) of this neuron over the bundled corpus, "
-            f"{contexts.chunk_tokens.shape[0]} chunks of {contexts.chunk_tokens.shape[1]} tokens."
+            f"{contexts.chunk_tokens.shape[0]:d} chunks of {contexts.chunk_tokens.shape[1]:d} tokens."
         )
         st.dataframe(
             [{"activation": round(v, 4), "before": display_token(b) if b else "", "token": display_token(t),

@@ -67,7 +67,7 @@ with scoreboard:
 
     def show_board(partial) -> None:
         with live_board.container():
-            st.caption(f"Scoreboard of the first {partial.n_pairs} pairs (updates after every pair).")
+            st.caption(f"Scoreboard of the first {partial.n_pairs:d} pairs (updates after every pair).")
             ui.live_chart(patching_faithfulness.ANALYSIS.figure("pearson", partial))
 
     board = board_form.run(patching_faithfulness.ANALYSIS,

@@ -37,7 +37,7 @@ live = st.empty()  # the prompt's trajectory shows as soon as the maps are fitte
 def show_partial(partial) -> None:
     with live.container():
         if partial.eval_tokens:
-            st.caption(f"Held-out statistics so far: {partial.eval_tokens} tokens (more chunks are running).")
+            st.caption(f"Held-out statistics so far: {partial.eval_tokens:d} tokens (more chunks are running).")
             ui.live_chart(linear_shortcut.ANALYSIS.figure("held_out", partial))
         else:
             st.caption("The maps are fitted; the held-out statistics are being computed.")
@@ -82,9 +82,9 @@ def show_status() -> None:
         return
     if status.state == "running":
         st.progress(status.step / max(1, status.target_steps),
-                    text=f"Training: step {status.step} of {status.target_steps}")
+                    text=f"Training: step {status.step:d} of {status.target_steps:d}")
     else:
-        st.markdown(f"State: **{status.state}**, {status.step} steps trained."
+        st.markdown(f"State: **{ui.escape(status.state)}**, {status.step:d} steps trained."
                     + (f" {ui.escape(status.message)}" if status.message else ""))
     if status.losses:
         ui.plot(loss_curve(status), "tl_loss", name="tuned_lens-loss")
@@ -110,7 +110,7 @@ if request is not None:
         model_name, request.prompt, request.target, request.config, request.eval_chunks, report))
     if result is not None:
         if result.lens_step < UNDER_TRAINED_STEPS:
-            st.warning(f"This tuned lens has had only {result.lens_step} training steps, so it is still close to the "
+            st.warning(f"This tuned lens has had only {result.lens_step:d} training steps, so it is still close to the "
                        "logit lens it starts from: its numbers say little yet. Train it further (a few hundred "
                        "steps) and compare again, or use the linear shortcut above, which needs no training.")
         ui.remember(result, FigureSource(ANALYSIS.name, model_name,

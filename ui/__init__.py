@@ -56,12 +56,20 @@ def workbench() -> Workbench:
 
 _MARKDOWN = re.compile(r"([\\`*_\[\]<>#$~|:&])")
 _LINE_START = re.compile(r"^(\s*)([-+=]|\d+[.)])", re.MULTILINE)
+# Autolink literals (GFM: 'www.x', 'http://x', 'a@b.c') and Streamlit's ':material/icon:' are found in
+# the text AFTER backslash escapes are resolved, so a backslash cannot stop them: an invisible word
+# joiner inside each ('www\u2060.', ':\u2060//', '\u2060@', ':\u2060material/') does.
+WORD_JOINER = "\u2060"
+_AUTOLINK = re.compile(r"(?<=www)(?=\.)|(?<=:)(?=//|material/)|(?=@)", re.IGNORECASE)
 
 
 def escape(text: str) -> str:
     """``text`` (a prompt, token, model name or message holding them) shown literally where
-    Streamlit renders Markdown: no emphasis, links, HTML, LaTeX, emoji codes or lists."""
-    return _LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), _MARKDOWN.sub(r"\\\1", str(text)))
+    Streamlit renders Markdown: no emphasis, links (bracketed or bare: 'www.', 'http://', e-mail
+    addresses), images, HTML, LaTeX, emoji or icon codes, headings or lists. Bare links keep their
+    look but get an invisible word joiner (``WORD_JOINER``) that stops the renderer linking them."""
+    text = _LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), _MARKDOWN.sub(r"\\\1", str(text)))
+    return _AUTOLINK.sub(WORD_JOINER, text)
 
 
 def header(title: str, caption: str) -> str:
@@ -91,7 +99,7 @@ def model_picker() -> str:
     st.session_state["_model_choice"] = choice
     if choice != OTHER:
         entry = catalog.CATALOG[choice]
-        st.sidebar.caption(f"{entry.detail} {entry.note}".strip())
+        st.sidebar.caption(escape(f"{entry.detail} {entry.note}".strip()))
         return _use_model(choice)
     name = st.sidebar.text_input(
         "Model directory or hub id", value=st.session_state.get("_model_custom", ""), key="model_custom"

@@ -41,8 +41,8 @@ def _controls(fig: go.Figure, key: str, spec: export.FigureSpec | None, filename
                         key=f"{key}_export_size")
     style = export.paper_style(size)
     palettes = ", ".join(export.palette_names(fig)) or "greys"  # styling changes no trace's palette
-    st.caption(f"{style.width_in:g} × {style.height_in:g} in, {style.font_pt:g} pt, colours: {palettes}; "
-               f"PNG at {export.PNG_DPI} dpi.")
+    st.caption(f"{style.width_in:g} × {style.height_in:g} in, {style.font_pt:g} pt, colours: {ui.escape(palettes)}; "
+               f"PNG at {export.PNG_DPI:d} dpi.")
     has_browser = export.find_browser() is not None
     if not has_browser:
         st.info(export.NO_BROWSER)

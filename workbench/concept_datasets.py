@@ -1,7 +1,11 @@
 """Labelled probe datasets for concept depth, and validation of user-supplied ones.
 
 Owns the three bundled tasks of increasing complexity (after Jin et al., "Exploring Concept
-Depth") and ``parse_csv`` for a user's ``text,label`` CSV.
+Depth") and ``parse_csv`` for a user's ``text,label`` CSV, with its limits: rows, characters per
+text and bytes per file (``CSV_MAX_BYTES``, what ``CSV_MAX_ROWS`` rows of ``CSV_MAX_CHARS``-character
+texts can take; ``CSV_MAX_MB`` is the same limit for the app's upload widget and
+``.streamlit/config.toml``). A file over the byte limit is refused before it is decoded, and rows
+are read one at a time and refused at the first limit they break, so a big upload costs no memory.
 
 Provenance: every bundled example is GENERATED deterministically by this module from word
 lists written for this project (no external data set, nothing downloaded). Labels are 1 for
@@ -22,6 +26,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import random
 from dataclasses import dataclass
 from functools import cache
@@ -37,6 +42,11 @@ CSV_MIN_ROWS = 20
 CSV_MIN_PER_CLASS = 8
 CSV_MAX_ROWS = 2000
 CSV_MAX_CHARS = 400
+# A row: a text of CSV_MAX_CHARS characters of up to 4 UTF-8 bytes each, quoted, and 400 bytes for the label
+# and any other columns. The file: its header and CSV_MAX_ROWS such rows (4,002,000 bytes).
+CSV_MAX_ROW_BYTES = 4 * CSV_MAX_CHARS + 400
+CSV_MAX_BYTES = (CSV_MAX_ROWS + 1) * CSV_MAX_ROW_BYTES
+CSV_MAX_MB = math.ceil(CSV_MAX_BYTES / 2**20)  # 4: the upload limit in Streamlit's unit (MiB, an integer)
 
 
 @dataclass(frozen=True)
@@ -241,39 +251,45 @@ def builtin(task: str) -> ConceptDataset:
 
 def parse_csv(data: bytes | str, name: str = "custom") -> ConceptDataset:
     """A user dataset from CSV text with a header holding ``text`` and ``label`` columns and
-    exactly two label values (mapped to 0/1 in sorted order). Raises BadRequest saying what to fix."""
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise BadRequest("The CSV is not UTF-8 text; save it as UTF-8 and upload it again.") from exc
+    exactly two label values (mapped to 0/1 in sorted order). Raises BadRequest saying what to fix.
+
+    A file over ``CSV_MAX_BYTES`` is refused before it is decoded; rows are read one at a time
+    and the first row over a limit (``CSV_MAX_ROWS``, ``CSV_MAX_CHARS``) stops the reading."""
+    size = len(data)  # characters of a str: never more than its UTF-8 bytes
+    if size > CSV_MAX_BYTES:
+        raise BadRequest(f"The CSV is {size / 2**20:.1f} MB; at most {CSV_MAX_BYTES / 2**20:.1f} MB "
+                         f"({CSV_MAX_ROWS} rows of up to {CSV_MAX_CHARS} characters) is accepted. Sample it down.")
+    stream = (io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="") if isinstance(data, bytes)
+              else io.StringIO(data, newline=""))  # decoded as it is read
+    texts, raw_labels = [], []
     try:
-        reader = csv.DictReader(io.StringIO(data))
+        reader = csv.DictReader(stream)
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-        rows = list(reader)
+        missing = [c for c in ("text", "label") if c not in fields]
+        if missing:
+            raise BadRequest(f"The CSV has no {' and no '.join(repr(c) for c in missing)} column; its header must "
+                             f"name the columns text and label (found: {', '.join(fields) or 'nothing'}).")
+        original = dict(zip(fields, reader.fieldnames or [], strict=True))
+        for line, row in enumerate(reader, start=2):
+            if len(texts) == CSV_MAX_ROWS:
+                raise BadRequest(f"The CSV has more than {CSV_MAX_ROWS} rows; at most {CSV_MAX_ROWS} are accepted. "
+                                 "Sample it down.")
+            text = (row.get(original["text"]) or "").strip()
+            label = (row.get(original["label"]) or "").strip()
+            if not text:
+                raise BadRequest(f"Row {line} has an empty text; fill it in or remove the row.")
+            if len(text) > CSV_MAX_CHARS:
+                raise BadRequest(f"Row {line} has a text of {len(text)} characters; the limit is {CSV_MAX_CHARS}.")
+            if not label:
+                raise BadRequest(f"Row {line} has an empty label.")
+            texts.append(text)
+            raw_labels.append(label)
+    except UnicodeDecodeError as exc:
+        raise BadRequest("The CSV is not UTF-8 text; save it as UTF-8 and upload it again.") from exc
     except csv.Error as exc:
         raise BadRequest(f"The CSV could not be read: {exc}.") from exc
-    missing = [c for c in ("text", "label") if c not in fields]
-    if missing:
-        raise BadRequest(f"The CSV has no {' and no '.join(repr(c) for c in missing)} column; its header must "
-                         f"name the columns text and label (found: {', '.join(fields) or 'nothing'}).")
-    original = dict(zip(fields, reader.fieldnames or [], strict=True))
-    if len(rows) > CSV_MAX_ROWS:
-        raise BadRequest(f"The CSV has {len(rows)} rows; at most {CSV_MAX_ROWS} are accepted. Sample it down.")
-    if len(rows) < CSV_MIN_ROWS:
-        raise BadRequest(f"The CSV has {len(rows)} rows; a probe needs at least {CSV_MIN_ROWS}.")
-    texts, raw_labels = [], []
-    for line, row in enumerate(rows, start=2):
-        text = (row.get(original["text"]) or "").strip()
-        label = (row.get(original["label"]) or "").strip()
-        if not text:
-            raise BadRequest(f"Row {line} has an empty text; fill it in or remove the row.")
-        if len(text) > CSV_MAX_CHARS:
-            raise BadRequest(f"Row {line} has a text of {len(text)} characters; the limit is {CSV_MAX_CHARS}.")
-        if not label:
-            raise BadRequest(f"Row {line} has an empty label.")
-        texts.append(text)
-        raw_labels.append(label)
+    if len(texts) < CSV_MIN_ROWS:
+        raise BadRequest(f"The CSV has {len(texts)} rows; a probe needs at least {CSV_MIN_ROWS}.")
     classes = sorted(set(raw_labels))
     if len(classes) != 2:
         shown = ", ".join(repr(c) for c in classes[:5])

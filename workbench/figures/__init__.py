@@ -15,7 +15,17 @@ LINE_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7")  # Okabe-Ito, colour-
 UNKNOWN_BYTE = "<0x??>"  # a replacement character U+FFFD whose byte is no longer known
 _INVISIBLE = {"Cc", "Cf", "Co", "Cn", "Cs"}  # control, format (zero-width), private-use, unassigned: shown as <U+200B>
 ZWSP = "\u200b"  # zero-width space: keeps a token's '<b>' or '&amp;' from being read as plotly markup
-_MARKUP = re.compile(r"<(?=/?(?:a|b|br|em|font|i|s|span|sub|sup|u)[\s>])|&(?=#\d+;|#x[0-9a-f]+;|[a-z]+;)", re.I)
+# plotly reads these tags and entities in titles, legends, annotations, tick labels and hover text
+# ('<a href>' becomes a clickable link); '%{' starts a substitution in a hover template.
+_MARKUP = re.compile(r"<(?=/?(?:a|b|br|em|font|i|s|span|sub|sup|u)[\s>/])|&(?=#\d+;|#x[0-9a-f]+;|[a-z]+;)|%(?=\{)",
+                     re.I)
+
+
+def plain(text: str) -> str:
+    """User text (a model name or path, a task or file name, a title holding them) shown literally
+    in a plotly title, legend, annotation or hover template: a zero-width space after each '<' or '&'
+    that plotly would read as markup (a link, bold, an entity) and after a '%' before '{'."""
+    return _MARKUP.sub(lambda m: m.group() + ZWSP, str(text))
 
 
 def display_token(token: str) -> str:
@@ -30,7 +40,7 @@ def display_token(token: str) -> str:
     text = text.replace("\ufffd", UNKNOWN_BYTE)
     if text.strip() == "":
         return "␣" * len(text) if text else "∅"
-    return _MARKUP.sub(lambda m: m.group() + ZWSP, text)
+    return plain(text)
 
 
 def say_when_empty(fig, message: str):

@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 
 from workbench import axes
 from workbench.analyses.attention_sinks import KIND_NONE, SinkProbeResult
-from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token
+from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token, plain
 from workbench.figures.axes import keep_labels, log_axis, token_axis
 
 
@@ -69,7 +69,7 @@ def layer_token_heatmap(result: SinkProbeResult) -> go.Figure:
         )
     )
     fig.update_layout(
-        title=f"Fraction of heads with sink score > {result.eps:g} (Gu et al.): {result.model_name}",
+        title=f"Fraction of heads with sink score > {result.eps:g} (Gu et al.): {plain(result.model_name)}",
         xaxis=_token_axis(result.tokens),
         yaxis=_int_axis("layer (block)", [str(i) for i in range(n_layers)]),
         height=max(380, 18 * n_layers + 160),
@@ -128,7 +128,7 @@ def norm_heatmap(result: SinkProbeResult) -> go.Figure:
     )
     _mark_window(fig, result)
     fig.update_layout(
-        title=f"Hidden-state norm of every token per layer (dashed: BOS sink window): {result.model_name}",
+        title=f"Hidden-state norm of every token per layer (dashed: BOS sink window): {plain(result.model_name)}",
         xaxis=_token_axis(result.tokens),
         yaxis=_int_axis("residual after block", slot_labels(slots - 1)),
         height=max(400, 16 * slots + 160),
@@ -181,7 +181,7 @@ def first_norm_curve(result: SinkProbeResult) -> go.Figure:
     fig.add_vrect(x0=result.window_start - 0.5, x1=result.window_end + 0.5, fillcolor=LINE_COLORS[2],
                   opacity=0.15, line_width=0, annotation_text="BOS sink window")
     fig.update_layout(
-        title=f"Hidden-state norm of the {first_label(result)} per layer: {result.model_name}",
+        title=f"Hidden-state norm of the {first_label(result)} per layer: {plain(result.model_name)}",
         xaxis=_int_axis("residual after block", slot_labels(slots - 1)),
         yaxis={"title": "‖h‖"},
         height=360,

@@ -9,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from workbench.figures import LINE_COLORS
+from workbench.figures import LINE_COLORS, plain
 from workbench.figures.axes import log_axis
 from workbench.summaries import LayerSummary
 
@@ -27,12 +27,13 @@ def summary_overlay(rows: list[LayerSummary], title: str = "") -> go.Figure:
     for row in rows:
         index = metrics.index(row.metric)
         model = models.index(row.model_name)
+        name = plain(row.model_name)
         fig.add_trace(go.Scatter(
-            x=row.depth, y=row.values, mode="lines+markers", name=row.model_name, legendgroup=row.model_name,
+            x=row.depth, y=row.values, mode="lines+markers", name=name, legendgroup=row.model_name,
             showlegend=index == 0, marker={"size": 4},
             line={"color": LINE_COLORS[model % len(LINE_COLORS)], "dash": DASHES[model // len(LINE_COLORS) % 4]},
             customdata=list(row.layer_labels),
-            hovertemplate=f"{row.model_name}<br>layer %{{customdata}} (l/L=%{{x:.2f}})<br>%{{y:.4g}}<extra></extra>",
+            hovertemplate=f"{name}<br>layer %{{customdata}} (l/L=%{{x:.2f}})<br>%{{y:.4g}}<extra></extra>",
         ), row=index // cols + 1, col=index % cols + 1)
     for index, metric in enumerate(metrics):
         if "rank" in metric:  # ranks span decades: a log axis labelled at decades, 1 (the top) on top
@@ -40,7 +41,7 @@ def summary_overlay(rows: list[LayerSummary], title: str = "") -> go.Figure:
             log_axis(fig, values, reverse=True, row=index // cols + 1, col=index % cols + 1)
     fig.update_xaxes(range=[-0.02, 1.02], dtick=0.25)
     fig.update_xaxes(title_text="normalised depth l/L", row=n_rows)  # the bottom row only
-    fig.update_layout(title=title or "Per-layer summaries on normalised depth", height=300 * n_rows + 100,
+    fig.update_layout(title=plain(title) or "Per-layer summaries on normalised depth", height=300 * n_rows + 100,
                       legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 0.995, "yanchor": "top",
                               "yref": "container"},
                       margin={"l": 50, "r": 20, "t": 90, "b": 60})

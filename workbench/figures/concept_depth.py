@@ -7,15 +7,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.analyses.concept_depth import ConceptDepthResult
-from workbench.figures import LINE_COLORS
+from workbench.figures import LINE_COLORS, plain
 
 METRICS = (("accuracy", "accuracy"), ("f1", "F1"), ("roc_auc", "ROC-AUC"))
 DASHES = ("solid", "dash", "dot", "dashdot")
 
 
 def label(result: ConceptDepthResult, with_model: bool) -> str:
-    text = result.task + (f" + {result.noise_tokens} noise tokens" if result.noise_tokens else "")
-    return f"{result.model_name}: {text}" if with_model else text
+    text = plain(result.task) + (f" + {result.noise_tokens} noise tokens" if result.noise_tokens else "")
+    return f"{plain(result.model_name)}: {text}" if with_model else text
 
 
 def curves(results: list[ConceptDepthResult], title: str = "") -> go.Figure:
@@ -55,7 +55,7 @@ def curves(results: list[ConceptDepthResult], title: str = "") -> go.Figure:
     if not title:
         title = "Concept depth: probe accuracy, F1 and ROC-AUC per layer" + (f" ({', '.join(models)})"
                                                                               if models else "")
-    fig.update_layout(title=title, height=430, legend={"orientation": "h", "y": -0.25},
+    fig.update_layout(title=plain(title), height=430, legend={"orientation": "h", "y": -0.25},
                       margin={"l": 50, "r": 20, "t": 70, "b": 80})
     return fig
 

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.analyses.depth_use import DepthUseResult
-from workbench.figures import LINE_COLORS, SEQUENTIAL
+from workbench.figures import LINE_COLORS, SEQUENTIAL, plain
 from workbench.figures.axes import KL_FLOOR, floored, log_axis
 
 
@@ -28,7 +28,7 @@ def contributions(result: DepthUseResult) -> go.Figure:
     fig.add_hline(y=0, line={"color": "grey", "width": 1}, row=1, col=2)
     log_axis(fig, np.concatenate([result.attn_rel_norm, result.mlp_rel_norm]), row=1, col=1)
     positions = "all positions" if result.include_first_token else "positions after the first"
-    fig.update_layout(title=f"Sublayer contributions: {result.model_name} (mean over {positions})",
+    fig.update_layout(title=f"Sublayer contributions: {plain(result.model_name)} (mean over {positions})",
                       height=380, margin={"l": 60, "r": 20, "t": 70, "b": 50})
     return fig
 
@@ -57,7 +57,7 @@ def skip_effects(result: DepthUseResult) -> go.Figure:
     fig.update_xaxes(title_text="skipped block", row=1, col=1)
     fig.update_xaxes(title_text="later block", row=1, col=2)
     fig.update_yaxes(title_text="skipped block", autorange="reversed", row=1, col=2)
-    fig.update_layout(title=f"Skipping one block: output KL and change of later blocks ({result.model_name})",
+    fig.update_layout(title=f"Skipping one block: output KL and change of later blocks ({plain(result.model_name)})",
                       height=420, legend={"orientation": "h", "y": -0.2},
                       margin={"l": 60, "r": 20, "t": 80, "b": 60})
     return fig

@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from workbench.analyses.latent_language import LatentLanguageResult, languages
-from workbench.figures import LINE_COLORS
+from workbench.figures import LINE_COLORS, plain
 from workbench.figures.axes import keep_labels
 
 
@@ -42,7 +42,7 @@ def probabilities(result: LatentLanguageResult, only_correct: bool = False) -> g
     shown = (f"the {int(keep.sum())} prompts it answers correctly (of {len(result.prompts)})" if only_correct else
              f"all {len(result.prompts)} prompts (model correct on {result.final_correct.mean():.0%})")
     fig.update_layout(
-        title=f"Latent language: {result.model_name}, {task}: {shown}",
+        title=f"Latent language: {plain(result.model_name)}, {task}: {shown}",
         xaxis={"title": "layer", "tickmode": "array", "tickvals": list(x[:: max(1, len(x) // 10)]),
                "ticktext": list(result.layer_labels[:: max(1, len(x) // 10)])},
         yaxis={"title": "logit-lens probability", "range": [0, 1]},

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.analyses.logit_lens import LogitLensResult
-from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token
+from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token, plain
 from workbench.figures.axes import CELL_TEXT_PX, cell_chars, keep_labels, log_axis, shorten, token_axis
 
 
@@ -49,7 +49,7 @@ def heatmap(result: LogitLensResult) -> go.Figure:
         )
     )
     fig.update_layout(
-        title=f"Logit lens: {result.model_name}",
+        title=f"Logit lens: {plain(result.model_name)}",
         xaxis=token_axis(result.tokens, "input token"),
         yaxis={
             "title": "layer (residual after block)",
@@ -101,7 +101,7 @@ def layer_curves(result: LogitLensResult) -> go.Figure:
                      ticktext=list(result.layer_labels[::step]))
     fig.update_yaxes(title_text="nats", rangemode="tozero", row=1, col=1)
     what = "KL to the final output" + (f" and rank of {target}" if has_target else "")
-    fig.update_layout(title=f"Logit lens per layer, last position: {what} ({result.model_name})",
+    fig.update_layout(title=f"Logit lens per layer, last position: {what} ({plain(result.model_name)})",
                       height=360, showlegend=False, margin={"l": 60, "r": 20, "t": 70, "b": 50})
     labels = list(result.layer_labels)
     return keep_labels(fig, xaxis=labels, **({"xaxis2": labels} if has_target else {}))

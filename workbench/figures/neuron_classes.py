@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from workbench.analyses.neuron_classes import CLASS_NAMES, NeuronClassResult
-from workbench.figures import LINE_COLORS, say_when_empty
+from workbench.figures import LINE_COLORS, plain, say_when_empty
 from workbench.figures.axes import keep_labels
 
 # Okabe-Ito (colour-blind safe) per typical class; an atypical class shares its typical
@@ -52,7 +52,7 @@ def class_fractions(result: NeuronClassResult, include_orthogonal: bool = True) 
     left_out = "" if include_orthogonal else ", orthogonal output left out"
     fig.update_layout(
         barmode="stack",
-        title=f"Neuron classes per layer{left_out}: {result.model_name}{folded}",
+        title=f"Neuron classes per layer{left_out}: {plain(result.model_name)}{folded}",
         xaxis=_layer_axis(result.n_layers),
         yaxis={"title": "share of the layer's neurons", "range": [0, 1] if include_orthogonal else None},
         height=430, legend={"traceorder": "normal"}, margin={"l": 60, "r": 20, "t": 60, "b": 50},
@@ -79,7 +79,8 @@ def cosine_distribution(result: NeuronClassResult) -> go.Figure:
         name="cos(w_in, w_out)",
     ))
     fig.update_layout(
-        title=f"cos(w_in, w_out) per layer (sign-normalised; dotted: ±0.5 class thresholds): {result.model_name}",
+        title="cos(w_in, w_out) per layer (sign-normalised; dotted: ±0.5 class thresholds): "
+              f"{plain(result.model_name)}",
         xaxis=_layer_axis(n_layers), yaxis={"title": "cosine", "range": [-1, 1]},
         height=380, showlegend=False, margin={"l": 60, "r": 20, "t": 60, "b": 50},
     )

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from workbench.analyses.neuron_contexts import NeuronContextsResult
-from workbench.figures import LINE_COLORS
+from workbench.figures import LINE_COLORS, plain
 
 PERCENTILES = (50, 90, 99)
 
@@ -20,7 +20,7 @@ def peak_activations(result: NeuronContextsResult) -> go.Figure:
         fig.add_trace(go.Scatter(x=blocks, y=np.percentile(peak, q, axis=1), mode="lines+markers", name=f"p{q}",
                                  line={"color": color}))
     fig.update_layout(
-        title=f"Strongest corpus activation per neuron: {result.model_name}",
+        title=f"Strongest corpus activation per neuron: {plain(result.model_name)}",
         xaxis={"title": "block", "tickmode": "array", "tickvals": list(blocks)},
         yaxis={"title": "|activation| of the top context", "rangemode": "tozero"},
         legend={"title": {"text": "over neurons"}},

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.analyses.patching import COMPONENTS, HEADS, PatchingResult
-from workbench.figures import display_token
+from workbench.figures import display_token, plain
 from workbench.figures.axes import TICK_CHARS, keep_labels, shorten
 
 DIVERGING = "PuOr"  # colour-blind-safe diverging scale for signed effects
@@ -52,7 +52,7 @@ def method_heatmaps(result: PatchingResult, component: str) -> go.Figure:
     fig.update_yaxes(title="layer", tickmode="array", tickvals=list(range(n_layers)),
                      ticktext=[str(i) for i in range(n_layers)], row=1, col=1)
     fig.update_layout(
-        title=f"{COMPONENT_TITLES[component]}: {result.model_name} "
+        title=f"{COMPONENT_TITLES[component]}: {plain(result.model_name)} "
         f"(LD clean {result.ld_clean:.3f}, corrupted {result.ld_corrupted:.3f})",
         height=max(380, 16 * n_layers + 200), margin={"l": 60, "r": 20, "t": 80, "b": 80},
     )

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.analyses.patching_faithfulness import PAPER_GPT2_SMALL_PEARSON, FaithfulnessResult
-from workbench.figures import LINE_COLORS, SEQUENTIAL
+from workbench.figures import LINE_COLORS, SEQUENTIAL, plain
 from workbench.figures.patching import COMPONENT_TITLES, METHOD_TITLES
 
 
@@ -31,7 +31,7 @@ def correlation_table(result: FaithfulnessResult, measure: str = "pearson") -> g
         )
     )
     fig.update_layout(
-        title=f"{measure} vs activation patching: {result.model_name}, {result.n_pairs} IOI pairs",
+        title=f"{measure} vs activation patching: {plain(result.model_name)}, {result.n_pairs} IOI pairs",
         xaxis={"tickmode": "array", "tickvals": list(range(len(components))),
                "ticktext": [COMPONENT_TITLES[c] for c in components]},
         yaxis={"tickmode": "array", "tickvals": list(range(len(result.estimators))),

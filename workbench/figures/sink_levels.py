@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from workbench.analyses.sink_levels import SinkLevelsResult
-from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token, say_when_empty
+from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token, plain, say_when_empty
 from workbench.figures.attention_sinks import _int_axis, slot_labels
 
 
@@ -22,7 +22,7 @@ def onset_histogram(levels: SinkLevelsResult) -> go.Figure:
         fig.update_yaxes(range=[0, 1])
     fig.update_layout(
         title=(f"Secondary-sink onsets over {n_prompts} prompts: {levels.share_with_secondary:.0%} of prompts "
-               f"have one ({levels.model_name})"),
+               f"have one ({plain(levels.model_name)})"),
         xaxis=_int_axis("residual after block (onset)", slot_labels(slots - 1)),
         yaxis={"title": "secondary sinks", "rangemode": "tozero"},
         height=360,

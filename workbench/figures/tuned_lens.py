@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from workbench.analyses.tuned_lens import LensComparisonResult
-from workbench.figures import LINE_COLORS, display_token
+from workbench.figures import LINE_COLORS, display_token, plain
 from workbench.figures.axes import KL_FLOOR, floored, keep_labels, log_axis
 from workbench.lens_training import TrainingStatus
 
@@ -44,7 +44,7 @@ def held_out(result: LensComparisonResult) -> go.Figure:
         fig = go.Figure()
         fig.add_annotation(text="No held-out tokens evaluated yet.", showarrow=False, xref="paper", yref="paper",
                            x=0.5, y=0.5)
-        fig.update_layout(title=f"Logit lens vs {result.lens_name} on held-out text: {result.model_name}",
+        fig.update_layout(title=f"Logit lens vs {result.lens_name} on held-out text: {plain(result.model_name)}",
                           height=200, xaxis={"visible": False}, yaxis={"visible": False})
         return fig
     x = np.arange(len(result.layer_labels))
@@ -71,7 +71,7 @@ def held_out(result: LensComparisonResult) -> go.Figure:
     fig.update_xaxes(**_layer_ticks(result))
     how = "fitted in closed form" if result.lens_name == "linear shortcut" else f"trained {result.lens_step} steps"
     fig.update_layout(
-        title=f"Logit lens vs {result.lens_name} on held-out text: {result.model_name}, {result.eval_tokens} "
+        title=f"Logit lens vs {result.lens_name} on held-out text: {plain(result.model_name)}, {result.eval_tokens} "
               f"held-out tokens, lens {how}",
         height=400, legend={"orientation": "h", "y": -0.25, "x": 0.5, "xanchor": "center"},
         margin={"l": 60, "r": 20, "t": 80, "b": 80})
@@ -96,7 +96,7 @@ def trajectory(result: LensComparisonResult) -> go.Figure:
     target = display_token(result.target_token) if result.target_token else "(no target: top-1 in hover)"
     fig.update_xaxes(title_text="layer (residual after block)", **_layer_ticks(result))
     fig.update_layout(title=f"Logit lens vs {result.lens_name}: probability of {target} at the last position, "
-                            f"per layer ({result.model_name})", height=340,
+                            f"per layer ({plain(result.model_name)})", height=340,
                       yaxis={"title": "probability", "range": [0, 1.02]},
                       margin={"l": 60, "r": 20, "t": 50, "b": 50})
     return keep_labels(fig, xaxis=list(result.layer_labels))
