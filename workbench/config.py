@@ -18,6 +18,10 @@ Environment variables (all optional):
     LAYERLENS_MAX_TOKENS    longest prompt accepted, in tokens (default 256)
     LAYERLENS_ALLOW_HUB     ``1`` lets hub ids be downloaded (default ``0``: offline)
     LAYERLENS_CACHE_MAX_MB  size limit of the cache's stored data in MB (default 2048; ``0``: no limit)
+    LAYERLENS_BATCH_WINDOW_MS  how long a request of a batching analysis (the logit lens) waits for
+                            others on the same model to share one padded forward (default 20; ``0``:
+                            no batching, every request runs alone)
+    LAYERLENS_BATCH_MAX     most requests in one batched forward (default 16)
     LAYERLENS_REMOTE        ``1`` runs hub ids remotely on NDIF through nnsight (default ``0``)
     NDIF_API_KEY            the NDIF API key for remote runs (or LAYERLENS_NDIF_API_KEY)
     NDIF_HOST               the NDIF API address (default ``https://api.ndif.us``; or LAYERLENS_NDIF_HOST)
@@ -43,6 +47,8 @@ class Settings:
     max_prompt_chars: int = 8000
     allow_hub: bool = False
     cache_max_mb: int = 2048  # least recently used entries are evicted above it; 0 = no limit
+    batch_window_ms: float = 20.0  # gather window of batched requests (workbench.runtime); 0 = no batching
+    batch_max: int = 16  # most requests in one batched forward
     remote: bool = False  # hub ids run on NDIF (workbench.remote); local models still run here
     ndif_api_key: str | None = field(default=None, repr=False)  # never printed
     ndif_host: str = NDIF_DEFAULT_HOST
@@ -73,6 +79,11 @@ def _env_int(name: str, default: int | None) -> int | None:
     return int(raw) if raw else default
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else default
+
+
 def load_settings() -> Settings:
     """Settings from the environment, with defaults for whatever is unset."""
     return Settings(
@@ -85,6 +96,8 @@ def load_settings() -> Settings:
         max_prompt_tokens=_env_int("LAYERLENS_MAX_TOKENS", 256) or 256,
         allow_hub=os.environ.get("LAYERLENS_ALLOW_HUB", "0") == "1",
         cache_max_mb=_env_int("LAYERLENS_CACHE_MAX_MB", 2048) or 0,
+        batch_window_ms=max(0.0, _env_float("LAYERLENS_BATCH_WINDOW_MS", 20.0)),
+        batch_max=max(1, _env_int("LAYERLENS_BATCH_MAX", 16) or 1),
         remote=os.environ.get("LAYERLENS_REMOTE", "0") == "1",
         ndif_api_key=(os.environ.get("LAYERLENS_NDIF_API_KEY") or os.environ.get("NDIF_API_KEY") or "").strip()
         or None,

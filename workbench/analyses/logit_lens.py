@@ -13,6 +13,12 @@ and probabilities, and ``KL(p_final || p_l)`` in nats; per layer, the rank
 The decoding and these reductions run inside the model's trace (``tracing.reduce_slots`` with
 ``lenses.logit_lens_statistics``), so only the small statistics leave it: the same code runs
 locally and on NDIF.
+
+``run_batch`` answers several requests with one right-padded forward (``tracing.reduce_slots_batch``,
+the runtime gathers concurrent requests): every row's real positions are packed into one sequence
+(pads dropped before anything is decoded), which the same ``lenses.logit_lens_statistics`` reduces
+(top-k, KL to the final distribution are per position), then split back by row; each target is
+decoded at its own row's last position.
 """
 
 from __future__ import annotations
@@ -97,6 +103,60 @@ def lens_statistics(model, token_ids: torch.Tensor, k: int, target_id: int | Non
                      joined(stats["target_rank"], torch.int64))
 
 
+def batch_lens_statistics(model, sequences: list[torch.Tensor], k: int, target_ids: list[int | None],
+                          budget_bytes: int = lenses.LENS_BUDGET_BYTES) -> list[LensTrace]:
+    """``lens_statistics`` of several prompts from ONE forward pass (right-padded, masked), one
+    ``LensTrace`` per prompt with the top ``k`` (take fewer by slicing: top-k lists are sorted).
+
+    Inside the trace the real positions of every row are packed into one (1, tokens, d_model)
+    sequence per slot, so padded positions are never decoded and the decode memory follows the
+    real token count; ``lens_chunk_slots`` sizes the chunks for it as for one prompt that long."""
+    lengths = [len(seq) for seq in sequences]
+    chunk = lenses.lens_chunk_slots(sum(lengths), model.info.vocab_size, budget_bytes)
+    stats = tracing.reduce_slots_batch(model, [seq.tolist() for seq in sequences], _batch_reduction, k,
+                                       list(target_ids), chunk)
+
+    def joined(chunks: list, dtype: torch.dtype) -> torch.Tensor:  # chunks came last-first
+        return torch.cat(list(reversed(chunks))).to(dtype)
+
+    top_ids = joined(stats["top_ids"], torch.int64)  # (slot, tokens, k), rows one after another
+    top_logprobs = joined(stats["top_logprobs"], torch.float32)
+    kl = joined(stats["kl"], torch.float32)
+    out, start, targets = [], 0, iter(zip(stats["target_logprob"], stats["target_rank"], strict=True))
+    empty_f, empty_i = torch.zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
+    for length, target_id in zip(lengths, target_ids, strict=True):
+        rows = slice(start, start + length)
+        logprob, rank = next(targets) if target_id is not None else (empty_f, empty_i)
+        out.append(LensTrace(top_ids[:, rows].clone(), top_logprobs[:, rows].clone(), kl[:, rows].clone(),
+                             logprob.to(torch.float32), rank.to(torch.int64)))
+        start += length
+    return out
+
+
+def _batch_reduction(unembed: lenses.Unembed, states: list, real: torch.Tensor, k: int,
+                     target_ids: list, chunk: int) -> dict:
+    """In the trace: states (row, seq_max, d_model) per slot -> the logit-lens statistics of the
+    real positions packed row after row (``lenses.logit_lens_statistics``), plus, per row with a
+    target, the target's log-probability and rank at that row's last real position, (slot,) each."""
+    packed = []
+    for state in states:
+        packed.append(state[real].unsqueeze(0))  # (1, tokens, d_model): pads dropped here
+    out = lenses.logit_lens_statistics(unembed, packed, k, None, chunk)
+    last = real.sum(dim=1) - 1  # each row's last real position
+    for row, target_id in enumerate(target_ids):
+        if target_id is None:
+            continue
+        ends = []
+        for state in states:
+            ends.append(state[row, last[row]])
+        logprobs = torch.log_softmax(unembed(torch.stack(ends)), dim=-1)  # (slot, vocab)
+        target = logprobs[:, target_id].clone()
+        out["target_logprob"].append(target)
+        out["target_rank"].append((logprobs > target[:, None]).sum(-1) + 1)
+        del logprobs
+    return out
+
+
 def check(request: LogitLensRequest, settings) -> None:
     prompts.check_text(request.prompt, settings)
 
@@ -108,6 +168,51 @@ def run(ctx, request: LogitLensRequest, progress) -> LogitLensResult:
     progress(None, f"Running the model and decoding its {model.info.n_layers + 1} residual states")
     lens = lens_statistics(model, encoded.ids, request.top_k, target_id)
     return compute(model, encoded.tokens, lens, request, target_id)
+
+
+def run_batch(ctx, requests: list[LogitLensRequest], progress) -> list:
+    """Several requests in one batched forward (see the module docstring): one entry per request,
+    its result or the error that request alone raised (a prompt too long, a target of two tokens)."""
+    model = ctx.model
+    out: list = [None] * len(requests)
+    ready = []
+    for i, request in enumerate(requests):
+        try:
+            encoded = ctx.encode(request.prompt)
+            target_id = prompts.single_token_id(model, request.target) if request.target else None
+        except Exception as exc:  # this request's own bad input; the others still run
+            out[i] = exc
+            continue
+        ready.append((i, request, encoded, target_id))
+    for group in _token_groups(ready, model.info.vocab_size):
+        progress(None, f"Running the model on {len(group)} prompts at once and decoding its "
+                       f"{model.info.n_layers + 1} residual states")
+        k = max(request.top_k for _, request, _, _ in group)
+        traces = batch_lens_statistics(model, [encoded.ids for _, _, encoded, _ in group], k,
+                                       [target_id for *_, target_id in group])
+        for (i, request, encoded, target_id), lens in zip(group, traces, strict=True):
+            lens = LensTrace(lens.top_ids[..., :request.top_k].contiguous(),
+                             lens.top_logprobs[..., :request.top_k].contiguous(),
+                             lens.kl_to_final, lens.target_logprob, lens.target_rank)
+            out[i] = compute(model, encoded.tokens, lens, request, target_id)
+    return out
+
+
+def _token_groups(ready: list, vocab: int, budget_bytes: int = lenses.LENS_BUDGET_BYTES) -> list[list]:
+    """The prepared requests in groups of one trace each, in order: a group holds as many prompts as
+    keep four (tokens, vocab) float32 arrays (what one decoded chunk of a slot needs) within the
+    lens budget, and at least one prompt, so a batch's memory stays near a single long prompt's."""
+    cap = max(1, budget_bytes // (4 * 4 * vocab))
+    groups: list[list] = []
+    tokens = 0
+    for item in ready:
+        n = len(item[2].ids)
+        if not groups or tokens + n > cap:
+            groups.append([])
+            tokens = 0
+        groups[-1].append(item)
+        tokens += n
+    return groups
 
 
 def compute(
@@ -154,6 +259,6 @@ def summary(result: LogitLensResult) -> list[LayerSummary]:
 
 ANALYSIS = Analysis(
     name=NAME, version=VERSION, title="Logit lens", Request=LogitLensRequest, Result=LogitLensResult,
-    run=run, check=check, summary=summary,
+    run=run, check=check, summary=summary, run_batch=run_batch,
     compare_request=lambda inputs: LogitLensRequest(inputs.prompt, inputs.target), compare_figure="heatmap",
 )

@@ -1,9 +1,10 @@
 """The model pool: every model this process has materialised or loaded, one load per model.
 
 Owns the per-model locks: two sessions asking for the same model at once convert and load it
-once, and loading one model never blocks requests for another. ``LAYERLENS_THREADS`` is applied
-in every thread that asks for a model, since torch's thread count is an OpenMP setting of the
-calling thread.
+once, and loading one model never blocks requests for another. A model already materialised is
+looked up without its lock, so a cached answer never waits for that model's load.
+``LAYERLENS_THREADS`` is applied in every thread that asks for a model, since torch's thread
+count is an OpenMP setting of the calling thread.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class ModelPool:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         entry = catalog.resolve(name)
+        known = self._local.get(entry.name)  # no lock: a result-cache hit never waits for a load in progress
+        if known is not None:
+            return known
         with self._lock_for(entry.name):
             if entry.name not in self._local:
                 self._local[entry.name] = catalog.materialize(entry, self.settings, progress)
