@@ -110,51 +110,47 @@ def batch_lens_statistics(model, sequences: list[torch.Tensor], k: int, target_i
 
     Inside the trace the real positions of every row are packed into one (1, tokens, d_model)
     sequence per slot, so padded positions are never decoded and the decode memory follows the
-    real token count; ``lens_chunk_slots`` sizes the chunks for it as for one prompt that long."""
+    real token count; ``lens_chunk_slots`` sizes the chunks for it as for one prompt that long.
+    Each target is read at its prompt's last position of the same decode."""
     lengths = [len(seq) for seq in sequences]
+    ends = np.cumsum(lengths) - 1  # each prompt's last position in the packed sequence
+    wanted = [(int(end), target) for end, target in zip(ends, target_ids, strict=True) if target is not None]
     chunk = lenses.lens_chunk_slots(sum(lengths), model.info.vocab_size, budget_bytes)
-    stats = tracing.reduce_slots_batch(model, [seq.tolist() for seq in sequences], _batch_reduction, k,
-                                       list(target_ids), chunk)
+    stats = tracing.reduce_slots_batch(model, [seq.tolist() for seq in sequences], _batch_reduction, k, chunk,
+                                       wanted)
 
     def joined(chunks: list, dtype: torch.dtype) -> torch.Tensor:  # chunks came last-first
         return torch.cat(list(reversed(chunks))).to(dtype)
 
-    top_ids = joined(stats["top_ids"], torch.int64)  # (slot, tokens, k), rows one after another
+    top_ids = joined(stats["top_ids"], torch.int64)  # (slot, tokens, k), prompts one after another
     top_logprobs = joined(stats["top_logprobs"], torch.float32)
     kl = joined(stats["kl"], torch.float32)
-    out, start, targets = [], 0, iter(zip(stats["target_logprob"], stats["target_rank"], strict=True))
-    empty_f, empty_i = torch.zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
+    if wanted:
+        target_logprob = joined(stats["position_target_logprob"], torch.float32)  # (slot, target)
+        target_rank = joined(stats["position_target_rank"], torch.int64)
+    out, start, column = [], 0, 0
     for length, target_id in zip(lengths, target_ids, strict=True):
         rows = slice(start, start + length)
-        logprob, rank = next(targets) if target_id is not None else (empty_f, empty_i)
+        if target_id is None:
+            logprob, rank = torch.zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
+        else:
+            logprob, rank = target_logprob[:, column].clone(), target_rank[:, column].clone()
+            column += 1
         out.append(LensTrace(top_ids[:, rows].clone(), top_logprobs[:, rows].clone(), kl[:, rows].clone(),
-                             logprob.to(torch.float32), rank.to(torch.int64)))
+                             logprob, rank))
         start += length
     return out
 
 
-def _batch_reduction(unembed: lenses.Unembed, states: list, real: torch.Tensor, k: int,
-                     target_ids: list, chunk: int) -> dict:
-    """In the trace: states (row, seq_max, d_model) per slot -> the logit-lens statistics of the
-    real positions packed row after row (``lenses.logit_lens_statistics``), plus, per row with a
-    target, the target's log-probability and rank at that row's last real position, (slot,) each."""
+def _batch_reduction(unembed: lenses.Unembed, states: list, real: torch.Tensor, k: int, chunk: int,
+                     wanted: list[tuple[int, int]]) -> dict:
+    """In the trace: states (row, seq_max, d_model) per slot -> the real positions packed row after
+    row, (1, tokens, d_model), reduced by ``lenses.logit_lens_statistics`` (per position, so packing
+    changes nothing) with each target at its (packed position, id)."""
     packed = []
     for state in states:
-        packed.append(state[real].unsqueeze(0))  # (1, tokens, d_model): pads dropped here
-    out = lenses.logit_lens_statistics(unembed, packed, k, None, chunk)
-    last = real.sum(dim=1) - 1  # each row's last real position
-    for row, target_id in enumerate(target_ids):
-        if target_id is None:
-            continue
-        ends = []
-        for state in states:
-            ends.append(state[row, last[row]])
-        logprobs = torch.log_softmax(unembed(torch.stack(ends)), dim=-1)  # (slot, vocab)
-        target = logprobs[:, target_id].clone()
-        out["target_logprob"].append(target)
-        out["target_rank"].append((logprobs > target[:, None]).sum(-1) + 1)
-        del logprobs
-    return out
+        packed.append(state[real].unsqueeze(0))  # pads dropped here, before anything is decoded
+    return lenses.logit_lens_statistics(unembed, packed, k, None, chunk, wanted)
 
 
 def check(request: LogitLensRequest, settings) -> None:
