@@ -187,15 +187,28 @@ class Batcher:
             turn = self._turns.setdefault(key, threading.Lock())
         if not leader:
             return self._follow(job, analysis, progress)
-        batch.full.wait(self.window_s)
-        with turn:  # one batch of a key at a time; arrivals join the open batch while the previous one runs
-            with self._lock:
-                if self._open.get(key) is batch:
-                    del self._open[key]
-            jobs = batch.jobs  # closed: nobody appends to a batch that is no longer open
+        try:
+            batch.full.wait(self.window_s)
+            turn.acquire()  # one batch of a key at a time; arrivals join the open batch while the previous one runs
+        except BaseException:  # the leader was interrupted while gathering: its followers run alone
+            jobs = self._close(key, batch)
+            for job in jobs[1:]:
+                job.inbox.put((_DONE, _ALONE))
+            raise
+        try:
+            jobs = self._close(key, batch)
             if len(jobs) == 1:
                 return analysis.run(ctx, request, progress)  # alone: exactly the unbatched path
             return self._lead(jobs, analysis, progress)
+        finally:
+            turn.release()
+
+    def _close(self, key: tuple, batch: _Batch) -> list[_Job]:
+        """Close ``batch`` to newcomers; its jobs, the leader first."""
+        with self._lock:
+            if self._open.get(key) is batch:
+                del self._open[key]
+            return list(batch.jobs)  # closed: nobody appends to a batch that is no longer open
 
     def _lead(self, jobs: list[_Job], analysis: Analysis, progress: Progress):
         """Run the batch (the leader is ``jobs[0]``), answer every follower, return the leader's result."""
