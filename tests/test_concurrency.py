@@ -67,6 +67,26 @@ def test_concurrent_requests_match_serial_results(tiny_dirs, settings):
         workbench.close()
 
 
+def test_concurrent_requests_on_two_models_with_batching_match_serial_results(tiny_dirs, settings):
+    """The same mix with batching on (the default): batches never mix models, repeats hit the cache,
+    and every answer equals the serial unbatched one to float tolerance."""
+    names = [str(tiny_dirs["llama"]), str(tiny_dirs["gpt2"])]
+    jobs = [(name, prompt) for name in names for prompt in PROMPTS] * 2
+    workbench = Workbench(replace(settings, threads=1, batch_window_ms=200))
+    serial = Workbench(replace(settings, threads=1, batch_window_ms=0,
+                               cache_dir=settings.cache_dir.parent / "serial"))
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda job: workbench.logit_lens(job[0], LogitLensRequest(job[1])), jobs))
+        for (name, prompt), result in zip(jobs, results, strict=True):
+            assert_same_lens(result, serial.logit_lens(name, LogitLensRequest(prompt)))
+        assert workbench.runtime.batcher.batches >= 1  # some requests did share a forward
+        assert workbench.store.count_results("logit_lens") == len(names) * len(PROMPTS)
+    finally:
+        serial.close()
+        workbench.close()
+
+
 def test_the_thread_setting_applies_in_every_serving_thread(tiny_dirs, settings):
     """torch's thread count is per OS thread (OpenMP): each request applies LAYERLENS_THREADS itself."""
     import threading
@@ -209,6 +229,20 @@ def test_equal_requests_in_a_batch_are_computed_once(tiny_dirs, settings):
         assert all(same_result(outcomes[0], o) for o in outcomes[1:3])
     finally:
         wb.close()
+
+
+def test_a_batch_of_long_prompts_is_split_into_traces_within_the_lens_budget():
+    from types import SimpleNamespace
+
+    from workbench import lenses
+
+    vocab = 49152
+    cap = lenses.LENS_BUDGET_BYTES // (4 * 4 * vocab)  # tokens whose four (tokens, vocab) float32 arrays fit
+    assert cap == 341
+    items = [(i, None, SimpleNamespace(ids=[0] * n), None) for i, n in enumerate([100, 200, 50, 400, 10])]
+    groups = logit_lens._token_groups(items, vocab)
+    assert [[item[0] for item in group] for group in groups] == [[0, 1], [2], [3], [4]]  # in order, none dropped
+    assert all(sum(len(item[2].ids) for item in g) <= cap or len(g) == 1 for g in groups)
 
 
 # ------------------------------------------------------------------------------ the Batcher alone
