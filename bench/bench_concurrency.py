@@ -11,6 +11,9 @@ a throwaway store (``bench.common.throwaway_workbench``), every request is a res
 
 Prints median wall seconds and process CPU seconds (all threads) of each, and the ratios eight / one
 measured in this run. CPU time is the steadier number on a shared machine; wall time is what a user waits.
+Then, while one thread runs activation patching (IOI pair, every block and head: a long job that
+holds the model lock for its traces), another reads a cached logit lens over and over: the wall
+seconds of those cache hits (a page that only reads the cache should answer within 0.5 s).
 Also the CPU seconds of the forward pass alone (the same traces, nothing decoded) for one prompt and
 for the eight as one padded batch: what batching can share. The rest of a lens run, the decoding of
 every slot at every position over the whole vocabulary, grows with the number of prompts' tokens.
@@ -27,7 +30,7 @@ import torch
 
 from bench.common import throwaway_workbench
 from workbench import prompts, tracing
-from workbench.analyses import logit_lens
+from workbench.analyses import activation_patching, logit_lens
 from workbench.analyses.logit_lens import MAX_TOP_K, LogitLensRequest
 from workbench.config import load_settings
 from workbench.runtime import Batcher
@@ -82,6 +85,34 @@ def _in_thread(action) -> tuple[float, float]:
     return _at_once(None, "", [None], action)
 
 
+def _cached_reads_during_patching(wb, model: str) -> tuple[list[float], float]:
+    """Wall seconds of repeated cache hits while activation patching runs in another thread."""
+    cached = LogitLensRequest(PROMPTS[0], TARGET, MAX_TOP_K)  # run by the warm-up: in the store
+    patching = activation_patching.ActivationPatchingRequest(
+        "When Mary and John went to the store, John gave a drink to",
+        "When Mary and John went to the store, Mary gave a drink to", " Mary", " John")
+    finished = threading.Event()
+    began = time.perf_counter()
+
+    def long_job() -> None:
+        try:
+            wb.run(activation_patching.ANALYSIS, model, patching)
+        finally:
+            finished.set()
+
+    worker = threading.Thread(target=long_job)
+    worker.start()
+    time.sleep(1.0)  # let it get under way
+    reads: list[float] = []
+    while not reads or not finished.is_set():
+        start = time.perf_counter()
+        wb.run(logit_lens.ANALYSIS, model, cached)
+        reads.append(time.perf_counter() - start)
+        time.sleep(0.2)
+    worker.join()
+    return reads, time.perf_counter() - began
+
+
 def _nothing(_unembed, states, real):
     """A reduction that decodes nothing: the trace costs only its forward pass."""
     return real.sum()
@@ -109,6 +140,7 @@ def main() -> None:
             times["batched"].append(_at_once(wb, args.model, [LogitLensRequest(p, TARGET, k + 1) for p in PROMPTS]))
             wb.runtime.batcher = no_batching
             times["unbatched"].append(_at_once(wb, args.model, [LogitLensRequest(p, TARGET, k + 2) for p in PROMPTS]))
+        cached_reads = _cached_reads_during_patching(wb, args.model)
         ids = [prompts.encode(model, p, wb.settings).ids.tolist() for p in PROMPTS]
         forwards = {"one": [], "eight": []}
         for _ in range(args.repeats):  # in a serving thread, as the requests above ran
@@ -131,6 +163,9 @@ def main() -> None:
     for mode in ("batched", "unbatched"):
         wall, cpu = medians[mode]
         print(f"RATIO eight {mode} / one: wall {wall / one_wall:.2f}, cpu {cpu / one_cpu:.2f}")
+    reads, patching_seconds = cached_reads
+    print(f"cached logit lens during activation patching ({patching_seconds:.1f} s): {len(reads)} reads, "
+          f"median {statistics.median(reads) * 1e3:.0f} ms, max {max(reads) * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ The decoding and these reductions run inside the model's trace (``tracing.reduce
 ``lenses.logit_lens_statistics``), so only the small statistics leave it: the same code runs
 locally and on NDIF.
 
-``run_batch`` answers several requests with one right-padded forward (``tracing.reduce_slots_batch``,
-the runtime gathers concurrent requests): every row's real positions are packed into one sequence
-(pads dropped before anything is decoded), which the same ``lenses.logit_lens_statistics`` reduces
-(top-k, KL to the final distribution are per position), then split back by row; each target is
-decoded at its own row's last position.
+``run_batch`` answers several requests with one right-padded forward (``tracing.reduce_slots_batch``;
+the runtime gathers concurrent requests; more forwards only when their tokens exceed the lens
+budget): every row's real positions are packed into one sequence (pads dropped before anything is
+decoded), which the same ``lenses.logit_lens_statistics`` reduces (top-k and KL to the final
+distribution are per position), then split back by row; each target is read at its own prompt's
+last position of that decode.
 """
 
 from __future__ import annotations
