@@ -382,9 +382,15 @@ def test_a_cached_answer_returns_while_a_long_run_holds_the_model(tiny_dirs, set
             assert inside.wait(TIMEOUT)
             held = _in_thread(lambda: model.lock.acquire(blocking=False))  # another thread's view of the lock
             assert held[0].wait(TIMEOUT) and held[1] == [False]  # the long run holds the model lock
-            with wb.store._write_lock:  # and a long store write is under way
-                done, box = _in_thread(lambda: wb.logit_lens(name, cached_request))
-                assert done.wait(TIMEOUT), "the cached answer waited for the running job"
+            writer = wb.store._con.cursor()  # and a long store write is under way: its lock held, a
+            writer.execute("BEGIN TRANSACTION")  # transaction open that rewrites the very row being read
+            writer.execute("UPDATE results SET n_bytes = n_bytes + 1")
+            try:
+                with wb.store._write_lock:
+                    done, box = _in_thread(lambda: wb.logit_lens(name, cached_request))
+                    assert done.wait(TIMEOUT), "the cached answer waited for the running job"
+            finally:
+                writer.execute("ROLLBACK")
             assert not long_done.is_set()  # answered while the long run was still inside its forward
         finally:
             release.set()
