@@ -21,6 +21,7 @@ through its progress callback) leaves nothing behind.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from workbench.models.catalog import LocalModel
 from workbench.models.loader import LoadedModel
 from workbench.models.pool import ModelPool
 from workbench.store import ActivationKey, ResultKey, Store
+
+log = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -244,6 +247,7 @@ class Batcher:
             except WorkbenchError as exc:
                 outcomes = [exc] * len(requests)
             except Exception:  # a batching failure: every caller runs its own request alone
+                log.exception("%s.run_batch failed on %d requests; each runs alone", analysis.name, len(requests))
                 outcomes = [_ALONE] * len(requests)
             mine = outcomes[unique[request_digest(jobs[0].request)]]
             for job in jobs[1:]:
