@@ -116,17 +116,22 @@ def test_the_thread_setting_applies_in_every_serving_thread(tiny_dirs, settings)
 
 
 def assert_same_lens(got, want, atol: float = 1e-5) -> None:
-    """A batched logit-lens result equals the single run to ``atol``. Top-k ids must be equal,
-    except where two candidates' probabilities are tied within ``atol`` (their order is float noise)."""
+    """A batched logit-lens result equals the single run to ``atol``: probabilities absolutely, KL
+    (nats, up to ~200 on a real model) also relatively, float32 noise scaling with the value. Top-k
+    ids must be equal, except where two candidates' probabilities are tied within ``atol`` (their
+    order is float noise); target ranks too, except deep in the vocabulary (see below)."""
     assert got.model_name == want.model_name
     assert got.tokens.tolist() == want.tokens.tolist()
     assert got.layer_labels.tolist() == want.layer_labels.tolist()
     assert (got.target_token, got.target_id) == (want.target_token, want.target_id)
     assert got.top_ids.shape == want.top_ids.shape
     np.testing.assert_allclose(got.top_probs, want.top_probs, rtol=0, atol=atol)
-    np.testing.assert_allclose(got.kl_to_final, want.kl_to_final, rtol=0, atol=atol)
+    np.testing.assert_allclose(got.kl_to_final, want.kl_to_final, rtol=atol, atol=atol)
     np.testing.assert_allclose(got.target_prob, want.target_prob, rtol=0, atol=atol)
-    assert got.target_rank.tolist() == want.target_rank.tolist()
+    # a target's rank is exact near the top; deep in a real vocabulary (thousands of logits within one
+    # nat) float noise may move it by one per thousand (seen: 2626 vs 2627 on SmolLM2)
+    slack = np.where(want.target_rank <= 100, 0, np.ceil(want.target_rank * 1e-3))
+    assert np.all(np.abs(got.target_rank - want.target_rank) <= slack), (got.target_rank, want.target_rank)
     probs = want.top_probs
     tied = np.zeros(probs.shape, dtype=bool)
     tied[..., 1:] |= np.abs(probs[..., 1:] - probs[..., :-1]) <= atol

@@ -8,7 +8,9 @@ while another reopens a cached logit lens, which must come back well before the 
 
 Then eight sessions open shared logit-lens links on the real default model (smollm2-135m) at
 once, eight different prompts: the server gathers them into batched forwards, and every heatmap
-must equal the backend's own single, unbatched run of its prompt.
+must equal the backend's own single, unbatched run of its prompt. The same eight prompts from eight
+threads on one backend must run as one batched forward, each full result equal to its single run.
+Every test here is ``slow``; the ones that drive Chromium are also ``browser``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from workbench.config import PROJECT_ROOT, Settings
 from workbench.figures.logit_lens import cell_labels
 from workbench.service import Workbench
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 RUNNING = '[data-testid="stApp"][data-test-script-state="running"]'
 CHART = '[data-testid="stPlotlyChart"]'
 TARGET = " Paris"
@@ -151,6 +153,7 @@ async def _load_scenario(server: str, model: str) -> dict:
             await browser.close()
 
 
+@pytest.mark.browser
 def test_concurrent_sessions_answers_and_cached_reads_during_a_long_job(server, tiny_dirs, expected):
     assert os.path.exists(CHROMIUM), "Debian chromium is required for browser tests: apt-get install chromium"
     model = str(tiny_dirs["llama"])
@@ -218,6 +221,7 @@ async def _eight_sessions(server: str) -> list:
             await browser.close()
 
 
+@pytest.mark.browser
 def test_eight_sessions_on_the_real_model_each_get_their_single_run(server, expected_real):
     assert os.path.exists(CHROMIUM), "Debian chromium is required for browser tests: apt-get install chromium"
     outcome = asyncio.run(_eight_sessions(server))
@@ -225,3 +229,41 @@ def test_eight_sessions_on_the_real_model_each_get_their_single_run(server, expe
     for prompt, (shown, _seconds) in zip(REAL_PROMPTS, outcome, strict=True):
         # its own prompt's answer, equal to the single run (a batched forward: to float tolerance)
         _check_heatmap(shown, expected_real[prompt], atol=1e-5)
+
+
+def test_eight_backend_sessions_on_the_real_model_share_one_forward(expected_real, tmp_path):
+    """Eight threads on one ``Workbench`` (what eight sessions of one server share), released together."""
+    import threading
+
+    from tests.test_concurrency import assert_same_lens
+
+    settings = Settings(cache_dir=tmp_path / "cache", models_dir_override=PROJECT_ROOT / "cache" / "models",
+                        batch_window_ms=30_000, batch_max=len(REAL_PROMPTS),  # closes when all eight are in
+                        threads=int(os.environ.get("LAYERLENS_THREADS", "1")))
+    wb = Workbench(settings)
+    try:
+        model = wb.model(REAL_MODEL)
+        shapes: list = []
+        handle = model.hf_model.get_input_embeddings().register_forward_hook(
+            lambda _module, args, _out: shapes.append(tuple(args[0].shape)))
+        start = threading.Barrier(len(REAL_PROMPTS))
+        results: dict = {}
+
+        def session(prompt: str) -> None:
+            start.wait()
+            results[prompt] = wb.logit_lens(REAL_MODEL, LogitLensRequest(prompt, TARGET, 5))
+
+        threads = [threading.Thread(target=session, args=(p,)) for p in REAL_PROMPTS]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(600)
+        finally:
+            handle.remove()
+        assert sorted(results) == sorted(REAL_PROMPTS)
+        assert len(shapes) == 1 and shapes[0][0] == len(REAL_PROMPTS)  # one forward, eight rows
+        for prompt in REAL_PROMPTS:
+            assert_same_lens(results[prompt], expected_real[prompt])
+    finally:
+        wb.close()
