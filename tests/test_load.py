@@ -5,6 +5,12 @@ each run the logit lens at the same time on a different prompt, on the same tiny
 picked through the sidebar's "Other" entry; each heatmap is read back from the page and compared
 with the backend's own result. Then one session runs a long job (the IOI faithfulness scoreboard)
 while another reopens a cached logit lens, which must come back well before the long job ends.
+
+Then eight sessions open shared logit-lens links on the real default model (smollm2-135m) at
+once, eight different prompts: the server gathers them into batched forwards, and every heatmap
+must equal the backend's own single, unbatched run of its prompt. The same eight prompts from eight
+threads on one backend must run as one batched forward, each full result equal to its single run.
+Every test here is ``slow``; the ones that drive Chromium are also ``browser``.
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ import pytest
 
 from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, IDLE, streamlit_server
 from workbench.analyses.logit_lens import LogitLensRequest
-from workbench.config import Settings
+from workbench.config import PROJECT_ROOT, Settings
 from workbench.figures.logit_lens import cell_labels
 from workbench.service import Workbench
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.slow]
 RUNNING = '[data-testid="stApp"][data-test-script-state="running"]'
 CHART = '[data-testid="stPlotlyChart"]'
 TARGET = " Paris"
@@ -69,12 +75,12 @@ def _lens_url(server: str, model: str, prompt: str | None = None) -> str:
     return f"{server}/logit_lens?{urllib.parse.urlencode(params, quote_via=urllib.parse.quote)}"
 
 
-def _check_heatmap(shown: dict, result) -> None:
-    """Every cell of the page's heatmap is the backend's top-1 token and probability."""
+def _check_heatmap(shown: dict, result, atol: float = 1e-6) -> None:
+    """Every cell of the page's heatmap is the backend's top-1 token and probability (to ``atol``)."""
     assert re.sub(r"<[^>]+>", "", shown["title"]) == f"Logit lens: {result.model_name}"  # the page may bold it
     expected_text = cell_labels(result)  # display_token of each top-1 token, cut with '…' to its cell
     assert np.array(shown["text"]).tolist() == expected_text.tolist()
-    np.testing.assert_allclose(np.array(shown["z"], dtype=float), result.top_probs[:, :, 0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.array(shown["z"], dtype=float), result.top_probs[:, :, 0], rtol=0, atol=atol)
 
 
 async def _run_lens_in_form(context, server: str, model: str, prompt: str) -> tuple[dict, float]:
@@ -147,6 +153,7 @@ async def _load_scenario(server: str, model: str) -> dict:
             await browser.close()
 
 
+@pytest.mark.browser
 def test_concurrent_sessions_answers_and_cached_reads_during_a_long_job(server, tiny_dirs, expected):
     assert os.path.exists(CHROMIUM), "Debian chromium is required for browser tests: apt-get install chromium"
     model = str(tiny_dirs["llama"])
@@ -158,3 +165,105 @@ def test_concurrent_sessions_answers_and_cached_reads_during_a_long_job(server, 
         _check_heatmap(shown, expected[prompt])  # four sessions at once, each got its own prompt's answer
     _check_heatmap(outcome["reread"], expected[PROMPTS[0]])
     assert read_seconds < 0.5 * long_seconds, (read_seconds, long_seconds)  # not queued behind the long job
+
+
+# ------------------------------------------------------------------------------ eight sessions, real model
+
+REAL_MODEL = "smollm2-135m"  # the catalog's default model
+REAL_PROMPTS = [
+    "The capital of France is",
+    "The capital of Italy is",
+    "The largest planet is",
+    "The author of Hamlet is",
+    "The currency of Japan is the",
+    "When Mary and John went to the store, John gave a drink to",
+    "The opposite of hot is",
+    "One two three four five six",
+]
+
+
+@pytest.fixture(scope="module")
+def expected_real(tmp_path_factory):
+    """The backend's own single runs on the real model: batching off, one prompt at a time."""
+    settings = Settings(cache_dir=tmp_path_factory.mktemp("direct_real"), models_dir_override=PROJECT_ROOT / "cache"
+                        / "models", batch_window_ms=0, threads=int(os.environ.get("LAYERLENS_THREADS", "1")))
+    backend = Workbench(settings)
+    try:
+        return {p: backend.logit_lens(REAL_MODEL, LogitLensRequest(p, TARGET, 5)) for p in REAL_PROMPTS}
+    finally:
+        backend.close()
+
+
+async def _open_shared_link(context, server: str, model: str, prompt: str) -> tuple[dict, float]:
+    """One session opens a shared logit-lens link (the page runs the request) and reads its heatmap."""
+    page = await context.new_page()
+    begin = time.monotonic()
+    await page.goto(_lens_url(server, model, prompt))
+    chart = page.locator(CHART).first
+    await chart.wait_for(state="visible", timeout=300_000)
+    await page.wait_for_selector(IDLE, timeout=300_000)
+    seconds = time.monotonic() - begin
+    assert await page.locator('[data-testid="stException"]').count() == 0
+    assert await page.locator('[data-testid="stAlert"]').filter(has_text="rror").count() == 0
+    return await chart.evaluate(READ_HEATMAP), seconds
+
+
+async def _eight_sessions(server: str) -> list:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            contexts = [await browser.new_context(viewport={"width": 1300, "height": 900}) for _ in REAL_PROMPTS]
+            return await asyncio.gather(*(_open_shared_link(c, server, REAL_MODEL, p)
+                                          for c, p in zip(contexts, REAL_PROMPTS, strict=True)))
+        finally:
+            await browser.close()
+
+
+@pytest.mark.browser
+def test_eight_sessions_on_the_real_model_each_get_their_single_run(server, expected_real):
+    assert os.path.exists(CHROMIUM), "Debian chromium is required for browser tests: apt-get install chromium"
+    outcome = asyncio.run(_eight_sessions(server))
+    print(f"eight sessions on {REAL_MODEL}: {[round(s, 1) for _, s in outcome]} s")
+    for prompt, (shown, _seconds) in zip(REAL_PROMPTS, outcome, strict=True):
+        # its own prompt's answer, equal to the single run (a batched forward: to float tolerance)
+        _check_heatmap(shown, expected_real[prompt], atol=1e-5)
+
+
+def test_eight_backend_sessions_on_the_real_model_share_one_forward(expected_real, tmp_path):
+    """Eight threads on one ``Workbench`` (what eight sessions of one server share), released together."""
+    import threading
+
+    from tests.test_concurrency import assert_same_lens
+
+    settings = Settings(cache_dir=tmp_path / "cache", models_dir_override=PROJECT_ROOT / "cache" / "models",
+                        batch_window_ms=30_000, batch_max=len(REAL_PROMPTS),  # closes when all eight are in
+                        threads=int(os.environ.get("LAYERLENS_THREADS", "1")))
+    wb = Workbench(settings)
+    try:
+        model = wb.model(REAL_MODEL)
+        shapes: list = []
+        handle = model.hf_model.get_input_embeddings().register_forward_hook(
+            lambda _module, args, _out: shapes.append(tuple(args[0].shape)))
+        start = threading.Barrier(len(REAL_PROMPTS))
+        results: dict = {}
+
+        def session(prompt: str) -> None:
+            start.wait()
+            results[prompt] = wb.logit_lens(REAL_MODEL, LogitLensRequest(prompt, TARGET, 5))
+
+        threads = [threading.Thread(target=session, args=(p,)) for p in REAL_PROMPTS]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(600)
+        finally:
+            handle.remove()
+        assert sorted(results) == sorted(REAL_PROMPTS)
+        assert len(shapes) == 1 and shapes[0][0] == len(REAL_PROMPTS)  # one forward, eight rows
+        for prompt in REAL_PROMPTS:
+            assert_same_lens(results[prompt], expected_real[prompt])
+    finally:
+        wb.close()

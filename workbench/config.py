@@ -29,6 +29,10 @@ Environment variables (all optional):
     LAYERLENS_ALLOW_PICKLE  ``1`` also loads pickled weights (``pytorch_model.bin``; default ``0``:
                             safetensors only)
     LAYERLENS_CACHE_MAX_MB  size limit of the cache's stored data in MB (default 2048; ``0``: no limit)
+    LAYERLENS_BATCH_WINDOW_MS  how long a request of a batching analysis (the logit lens) waits for
+                            others on the same model to share one padded forward (default 20; ``0``:
+                            no batching, every request runs alone)
+    LAYERLENS_BATCH_MAX     most requests in one batched forward (default 16)
     LAYERLENS_REMOTE        ``1`` runs hub ids remotely on NDIF through nnsight (default ``0``)
     NDIF_API_KEY            the NDIF API key for remote runs (or LAYERLENS_NDIF_API_KEY)
     NDIF_HOST               the NDIF API address (default ``https://api.ndif.us``; or LAYERLENS_NDIF_HOST)
@@ -56,6 +60,8 @@ class Settings:
     model_roots: tuple[Path, ...] = ()  # where linked/bundled model directories may be; () = the models dir
     allow_pickle: bool = False  # load pickled weights (pytorch_model.bin) too; they can run code when read
     cache_max_mb: int = 2048  # least recently used entries are evicted above it; 0 = no limit
+    batch_window_ms: float = 20.0  # gather window of batched requests (workbench.runtime); 0 = no batching
+    batch_max: int = 16  # most requests in one batched forward
     remote: bool = False  # hub ids run on NDIF (workbench.remote); local models still run here
     ndif_api_key: str | None = field(default=None, repr=False)  # never printed
     ndif_host: str = NDIF_DEFAULT_HOST
@@ -96,6 +102,11 @@ def _env_paths(name: str) -> tuple[Path, ...]:
     return tuple(Path(part.strip()).expanduser().resolve() for part in raw.split(os.pathsep) if part.strip())
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    return float(raw) if raw else default
+
+
 def load_settings() -> Settings:
     """Settings from the environment, with defaults for whatever is unset."""
     return Settings(
@@ -110,6 +121,8 @@ def load_settings() -> Settings:
         model_roots=_env_paths("LAYERLENS_MODEL_ROOTS"),
         allow_pickle=os.environ.get("LAYERLENS_ALLOW_PICKLE", "0") == "1",
         cache_max_mb=_env_int("LAYERLENS_CACHE_MAX_MB", 2048) or 0,
+        batch_window_ms=max(0.0, _env_float("LAYERLENS_BATCH_WINDOW_MS", 20.0)),
+        batch_max=max(1, _env_int("LAYERLENS_BATCH_MAX", 16) or 1),
         remote=os.environ.get("LAYERLENS_REMOTE", "0") == "1",
         ndif_api_key=(os.environ.get("LAYERLENS_NDIF_API_KEY") or os.environ.get("NDIF_API_KEY") or "").strip()
         or None,

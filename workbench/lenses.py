@@ -175,17 +175,21 @@ def lens_chunk_slots(seq: int, vocab: int, budget_bytes: int = 0) -> int:
     return max(1, (arrays - 2) // 2)
 
 
-def logit_lens_statistics(unembed: Unembed, states: list, k: int, target_id: int | None, chunk: int) -> dict:
+def logit_lens_statistics(unembed: Unembed, states: list, k: int, target_id: int | None, chunk: int,
+                          position_targets: list[tuple[int, int]] | None = None) -> dict:
     """Decode ``states`` (slot tensors, each (1, seq, d_model)) in chunks of ``chunk`` slots, the
     last chunk first (so the final distribution is that very decode and KL(final || final) is
     exactly 0), and reduce each chunk to its top-k, KL to the final distribution and the target's
     log-probability and rank at the last position. Called inside a trace: only these lists of
-    small tensors (last chunk first) need to leave it.
+    small tensors (last chunk first) need to leave it. ``position_targets`` ((position, id) pairs,
+    e.g. several prompts packed into one sequence, each target at its prompt's last position) adds
+    ``position_target_logprob`` and ``position_target_rank``, (slot, pair) per chunk, from the same decode.
 
     Memory (``lens_chunk_slots``): at most a chunk's logits and log-probabilities, the final
     log-probabilities and probabilities, and one (seq, vocab) buffer for the KL of one slot at a
     time; nothing of a chunk outlives it (the target is copied out, not viewed)."""
-    out = {"top_ids": [], "top_logprobs": [], "kl": [], "target_logprob": [], "target_rank": []}
+    out = {"top_ids": [], "top_logprobs": [], "kl": [], "target_logprob": [], "target_rank": [],
+           "position_target_logprob": [], "position_target_rank": []}
     final = p_final = None
     for end in range(len(states), 0, -chunk):
         logprobs = torch.log_softmax(unembed(torch.cat(states[max(0, end - chunk):end])), dim=-1)  # (slot, seq, vocab)
@@ -208,6 +212,14 @@ def logit_lens_statistics(unembed: Unembed, states: list, k: int, target_id: int
             out["target_logprob"].append(target)
             out["target_rank"].append((last > target[:, None]).sum(-1) + 1)
             del last  # a view: it would keep the chunk's log-probabilities alive into the next chunk
+        if position_targets:
+            positions = torch.tensor([p for p, _ in position_targets], device=logprobs.device)
+            ids = torch.tensor([i for _, i in position_targets], device=logprobs.device)
+            at = logprobs[:, positions]  # (slot, pair, vocab), a copy
+            target = at[:, torch.arange(len(position_targets), device=logprobs.device), ids]  # (slot, pair)
+            out["position_target_logprob"].append(target)
+            out["position_target_rank"].append((at > target[..., None]).sum(-1) + 1)
+            del at
         del logprobs, top
     return out
 

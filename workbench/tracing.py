@@ -8,7 +8,8 @@ Generic reads only: residual slots, sublayer outputs, attention probabilities,
 MLP neuron activations, last-token states, skipped blocks and scaled neurons.
 What an analysis computes from them lives in the analysis (or ``workbench.lenses``);
 reductions that must run inside the trace (so only small tensors leave it, here
-or on NDIF) are passed in as functions (``reduce_slots``). Axes as in
+or on NDIF) are passed in as functions (``reduce_slots``; ``reduce_slots_batch`` runs several
+prompts of any lengths in one right-padded forward, for requests the runtime batches). Axes as in
 ``workbench.axes``: ``slot`` (L + 1), ``block`` (L), ``seq``, ``head``,
 ``neuron``, ``d_model``, ``vocab``.
 """
@@ -104,6 +105,29 @@ def reduce_slots(model: LoadedModel, token_ids: torch.Tensor, reduce, *args, las
                     last.append(state[:, -1])
                 states = last
             reduced = nnsight.save(reduce(Unembed.in_trace(lm, cap), states, *args))
+    return _detached(reduced)
+
+
+def reduce_slots_batch(model: LoadedModel, sequences: list[list[int]], reduce, *args):
+    """``reduce_slots`` for several sequences of any lengths in ONE forward pass: the rows are
+    right-padded with an attention mask (``_right_padded``), so every row's positions stay
+    0..len-1 (rotary models included) and, with causal attention, pads after a row's last token
+    cannot reach its real tokens: each row's real positions equal its unbatched run.
+
+    ``reduce(unembed, states, real, *args)`` runs INSIDE the trace; ``states`` is the list of slot
+    tensors, each (row, seq_max, d_model), and ``real`` a (row, seq_max) bool tensor, True at real
+    tokens. The states at padded positions are finite but meaningless: ``reduce`` must drop them
+    (e.g. ``state[real]`` packs the real positions, row after row) so they never reach a result."""
+    ids, mask, _lengths = _right_padded([[int(t) for t in seq] for seq in sequences])
+    lm, n_layers, cap = model.lm, model.info.n_layers, model.info.logit_softcap
+    real = mask.bool().to(model.device)
+    with model.lock, torch.no_grad():
+        with lm.trace({"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)},
+                      logits_to_keep=1, **_trace_options(model)):
+            states = [_first(lm.layers[0].input)]
+            for layer in range(n_layers):
+                states.append(_first(lm.layers[layer].output))
+            reduced = nnsight.save(reduce(Unembed.in_trace(lm, cap), states, real, *args))
     return _detached(reduced)
 
 

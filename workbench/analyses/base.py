@@ -9,11 +9,15 @@ cached results of older versions are recomputed rather than misread.
 ``run(ctx, request, progress)`` computes a result on the model that ``ctx`` (a
 ``workbench.runtime.Context``) holds; it never looks up or writes the result cache itself (the
 runtime does), but may ask ``ctx`` for cached activation sets and for other analyses' results.
-``check(request, settings)`` refuses bad input before any model is touched. Figures live in
-``workbench/figures/<name>.py`` as ``FIGURES = {figure name: result -> plotly figure}``, found by
-name, so no analysis imports plotly. ``summary(result)`` places per-layer numbers on normalised
-depth (``workbench.axes``); ``compare_request(inputs)`` builds the request the compare page runs
-on both models.
+``run_batch(ctx, requests, progress)``, optional, computes several requests on the model in one
+batched pass and returns one entry per request, in order: its result, or the exception that request
+alone raised (e.g. a target that is not one token); the runtime gathers concurrent requests of
+the same model and analysis into one such call and hands each caller its own entry (results must
+equal ``run``'s to float tolerance). ``check(request, settings)`` refuses bad input before any
+model is touched. Figures live in ``workbench/figures/<name>.py`` as ``FIGURES = {figure name:
+result -> plotly figure}``, found by name, so no analysis imports plotly. ``summary(result)``
+places per-layer numbers on normalised depth (``workbench.axes``); ``compare_request(inputs)``
+builds the request the compare page runs on both models.
 
 The request JSON (``request_json`` / ``request_from_json``) is the one serialisation used for
 cache keys, export manifests, the CLI and shareable links.
@@ -65,6 +69,7 @@ class Analysis:
     compare_figure: str = ""  # the figure the compare page shows side by side
     compare_note: str = ""  # e.g. "slow on CPU", shown next to the title on the compare page
     expand_fields: Callable | None = None  # JSON fields -> request fields (e.g. a named bundled task)
+    run_batch: Callable | None = None  # (ctx, [request], progress) -> [Result | Exception], see above
 
     @property
     def figures(self) -> Mapping[str, Callable]:

@@ -13,6 +13,13 @@ and probabilities, and ``KL(p_final || p_l)`` in nats; per layer, the rank
 The decoding and these reductions run inside the model's trace (``tracing.reduce_slots`` with
 ``lenses.logit_lens_statistics``), so only the small statistics leave it: the same code runs
 locally and on NDIF.
+
+``run_batch`` answers several requests with one right-padded forward (``tracing.reduce_slots_batch``;
+the runtime gathers concurrent requests; more forwards only when their tokens exceed the lens
+budget): every row's real positions are packed into one sequence (pads dropped before anything is
+decoded), which the same ``lenses.logit_lens_statistics`` reduces (top-k and KL to the final
+distribution are per position), then split back by row; each target is read at its own prompt's
+last position of that decode.
 """
 
 from __future__ import annotations
@@ -97,6 +104,56 @@ def lens_statistics(model, token_ids: torch.Tensor, k: int, target_id: int | Non
                      joined(stats["target_rank"], torch.int64))
 
 
+def batch_lens_statistics(model, sequences: list[torch.Tensor], k: int, target_ids: list[int | None],
+                          budget_bytes: int = lenses.LENS_BUDGET_BYTES) -> list[LensTrace]:
+    """``lens_statistics`` of several prompts from ONE forward pass (right-padded, masked), one
+    ``LensTrace`` per prompt with the top ``k`` (take fewer by slicing: top-k lists are sorted).
+
+    Inside the trace the real positions of every row are packed into one (1, tokens, d_model)
+    sequence per slot, so padded positions are never decoded and the decode memory follows the
+    real token count; ``lens_chunk_slots`` sizes the chunks for it as for one prompt that long.
+    Each target is read at its prompt's last position of the same decode."""
+    lengths = [len(seq) for seq in sequences]
+    ends = np.cumsum(lengths) - 1  # each prompt's last position in the packed sequence
+    wanted = [(int(end), target) for end, target in zip(ends, target_ids, strict=True) if target is not None]
+    chunk = lenses.lens_chunk_slots(sum(lengths), model.info.vocab_size, budget_bytes)
+    stats = tracing.reduce_slots_batch(model, [seq.tolist() for seq in sequences], _batch_reduction, k, chunk,
+                                       wanted)
+
+    def joined(chunks: list, dtype: torch.dtype) -> torch.Tensor:  # chunks came last-first
+        return torch.cat(list(reversed(chunks))).to(dtype)
+
+    top_ids = joined(stats["top_ids"], torch.int64)  # (slot, tokens, k), prompts one after another
+    top_logprobs = joined(stats["top_logprobs"], torch.float32)
+    kl = joined(stats["kl"], torch.float32)
+    if wanted:
+        target_logprob = joined(stats["position_target_logprob"], torch.float32)  # (slot, target)
+        target_rank = joined(stats["position_target_rank"], torch.int64)
+    out, start, column = [], 0, 0
+    for length, target_id in zip(lengths, target_ids, strict=True):
+        rows = slice(start, start + length)
+        if target_id is None:
+            logprob, rank = torch.zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
+        else:
+            logprob, rank = target_logprob[:, column].clone(), target_rank[:, column].clone()
+            column += 1
+        out.append(LensTrace(top_ids[:, rows].clone(), top_logprobs[:, rows].clone(), kl[:, rows].clone(),
+                             logprob, rank))
+        start += length
+    return out
+
+
+def _batch_reduction(unembed: lenses.Unembed, states: list, real: torch.Tensor, k: int, chunk: int,
+                     wanted: list[tuple[int, int]]) -> dict:
+    """In the trace: states (row, seq_max, d_model) per slot -> the real positions packed row after
+    row, (1, tokens, d_model), reduced by ``lenses.logit_lens_statistics`` (per position, so packing
+    changes nothing) with each target at its (packed position, id)."""
+    packed = []
+    for state in states:
+        packed.append(state[real].unsqueeze(0))  # pads dropped here, before anything is decoded
+    return lenses.logit_lens_statistics(unembed, packed, k, None, chunk, wanted)
+
+
 def check(request: LogitLensRequest, settings) -> None:
     prompts.check_text(request.prompt, settings)
 
@@ -108,6 +165,51 @@ def run(ctx, request: LogitLensRequest, progress) -> LogitLensResult:
     progress(None, f"Running the model and decoding its {model.info.n_layers + 1} residual states")
     lens = lens_statistics(model, encoded.ids, request.top_k, target_id)
     return compute(model, encoded.tokens, lens, request, target_id)
+
+
+def run_batch(ctx, requests: list[LogitLensRequest], progress) -> list:
+    """Several requests in one batched forward (see the module docstring): one entry per request,
+    its result or the error that request alone raised (a prompt too long, a target of two tokens)."""
+    model = ctx.model
+    out: list = [None] * len(requests)
+    ready = []
+    for i, request in enumerate(requests):
+        try:
+            encoded = ctx.encode(request.prompt)
+            target_id = prompts.single_token_id(model, request.target) if request.target else None
+        except Exception as exc:  # this request's own bad input; the others still run
+            out[i] = exc
+            continue
+        ready.append((i, request, encoded, target_id))
+    for group in _token_groups(ready, model.info.vocab_size):
+        progress(None, f"Running the model on {len(group)} prompts at once and decoding its "
+                       f"{model.info.n_layers + 1} residual states")
+        k = max(request.top_k for _, request, _, _ in group)
+        traces = batch_lens_statistics(model, [encoded.ids for _, _, encoded, _ in group], k,
+                                       [target_id for *_, target_id in group])
+        for (i, request, encoded, target_id), lens in zip(group, traces, strict=True):
+            lens = LensTrace(lens.top_ids[..., :request.top_k].contiguous(),
+                             lens.top_logprobs[..., :request.top_k].contiguous(),
+                             lens.kl_to_final, lens.target_logprob, lens.target_rank)
+            out[i] = compute(model, encoded.tokens, lens, request, target_id)
+    return out
+
+
+def _token_groups(ready: list, vocab: int, budget_bytes: int = lenses.LENS_BUDGET_BYTES) -> list[list]:
+    """The prepared requests in groups of one trace each, in order: a group holds as many prompts as
+    keep four (tokens, vocab) float32 arrays (what one decoded chunk of a slot needs) within the
+    lens budget, and at least one prompt, so a batch's memory stays near a single long prompt's."""
+    cap = max(1, budget_bytes // (4 * 4 * vocab))
+    groups: list[list] = []
+    tokens = 0
+    for item in ready:
+        n = len(item[2].ids)
+        if not groups or tokens + n > cap:
+            groups.append([])
+            tokens = 0
+        groups[-1].append(item)
+        tokens += n
+    return groups
 
 
 def compute(
@@ -154,6 +256,6 @@ def summary(result: LogitLensResult) -> list[LayerSummary]:
 
 ANALYSIS = Analysis(
     name=NAME, version=VERSION, title="Logit lens", Request=LogitLensRequest, Result=LogitLensResult,
-    run=run, check=check, summary=summary,
+    run=run, check=check, summary=summary, run_batch=run_batch,
     compare_request=lambda inputs: LogitLensRequest(inputs.prompt, inputs.target), compare_figure="heatmap",
 )

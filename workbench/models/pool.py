@@ -1,9 +1,10 @@
 """The model pool: every model this process has materialised or loaded, one load per model.
 
 Owns the per-model locks: two sessions asking for the same model at once convert and load it
-once, and loading one model never blocks requests for another. ``LAYERLENS_THREADS`` is applied
-in every thread that asks for a model, since torch's thread count is an OpenMP setting of the
-calling thread.
+once, and loading one model never blocks requests for another. A model already materialised is
+looked up without its lock, so a cached answer never waits for that model's load.
+``LAYERLENS_THREADS`` is applied in every thread that asks for a model, since torch's thread
+count is an OpenMP setting of the calling thread.
 
 Models are kept by identity (``CatalogEntry.name``: a catalog name, a hub id or a directory's
 resolved path), not by the short name they are shown by: two directories called ``model`` are two
@@ -40,6 +41,9 @@ class ModelPool:
         return self._materialized(catalog.resolve(name), progress)
 
     def _materialized(self, entry: catalog.CatalogEntry, progress: Progress) -> LocalModel:
+        known = self._local.get(entry.name)  # no lock: a result-cache hit never waits for a load in progress
+        if known is not None:
+            return known
         with self._lock_for(entry.name):
             if entry.name not in self._local:
                 self._local[entry.name] = catalog.materialize(entry, self.settings, progress)
