@@ -38,7 +38,7 @@ class LinearShortcutRequest:
     target: str = ""
     corpus: str = "python-reference"
     chunk_tokens: int = 64
-    fit_chunks: int = 32  # corpus chunks the maps are fitted on ("train" split); more fit better (fit_linear_shortcut)
+    fit_chunks: int = 24  # corpus chunks the maps are fitted on ("train" split); more fit better (fit_linear_shortcut)
     eval_chunks: int = 2  # held-out chunks they are compared on ("heldout" split)
 
     def __post_init__(self):
