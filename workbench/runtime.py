@@ -46,7 +46,9 @@ class Runtime:
         if cached is not None:
             return cached
         result = analysis.run(Context(self, local, model_name, on_partial), request, progress)
-        self.store.put_result(key, result, model_name=local.name, request_json=request_json(request))
+        skipped = self.store.put_result(key, result, model_name=local.name, request_json=request_json(request))
+        if skipped is not None:  # too large for the cache's limit: used now, not stored
+            progress(1.0, skipped.message)
         return result
 
 
