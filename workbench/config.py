@@ -17,7 +17,8 @@ Environment variables (all optional):
     LAYERLENS_THREADS       torch intra-op threads (default: torch's own choice)
     LAYERLENS_MAX_TOKENS    longest prompt accepted, in tokens (default 256)
     LAYERLENS_ALLOW_HUB     ``1`` lets hub ids be downloaded (default ``0``: offline)
-    LAYERLENS_CACHE_MAX_MB  size limit of the cache's stored data in MB (default 2048; ``0``: no limit)
+    LAYERLENS_CACHE_MAX_MB  size limit of the cache's stored data in MB (default 2048; ``0``: no limit);
+                            entries over 90% of it are not cached; the file stays under 2x it + 32 MB
     LAYERLENS_REMOTE        ``1`` runs hub ids remotely on NDIF through nnsight (default ``0``)
     NDIF_API_KEY            the NDIF API key for remote runs (or LAYERLENS_NDIF_API_KEY)
     NDIF_HOST               the NDIF API address (default ``https://api.ndif.us``; or LAYERLENS_NDIF_HOST)
