@@ -90,6 +90,21 @@ def test_new_target_reuses_stored_activations(workbench, tiny_dirs, monkeypatch)
     assert result.target_token == " Rome" and workbench.store.count_results() == 2
 
 
+def test_same_result_compares_scalars_as_stored():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Scalars:
+        value: float
+        values: list
+
+    nan = float("nan")  # e.g. a gate cosine of a model whose MLP has no gate
+    assert same_result(Scalars(nan, [nan, 1.0]), Scalars(float("nan"), [float("nan"), 1.0]))  # stored alike
+    assert not same_result(Scalars(0.0, []), Scalars(-0.0, []))
+    assert not same_result(Scalars(1, []), Scalars(1.0, []))
+    assert not same_result(Scalars(nan, [1.0]), Scalars(nan, [1.0 + 1e-16 * 3]))
+
+
 def test_keys_change_with_model_request_and_version():
     base = ResultKey("logit_lens", 1, "m", "r")
     assert len({base.id, ResultKey("logit_lens", 2, "m", "r").id, ResultKey("logit_lens", 1, "m2", "r").id,

@@ -1,6 +1,7 @@
-"""Crashes and interruptions never leave partial entries: a writer SIGKILLed mid-write leaves a store
-whose every indexed result and activation set reads back complete and exact, and an analysis that
-raises (in its compute or in its progress callback) stores no result."""
+"""Crashes and interruptions never leave partial entries: a writer SIGKILLed mid-write, or while it
+compacts the file (copy or swap), leaves a store whose every indexed result and activation set reads
+back complete and exact, and an analysis that raises (in its compute or in its progress callback)
+stores no result. The writer process lives in ``tests/store_writer.py``."""
 
 from __future__ import annotations
 
@@ -10,66 +11,42 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 
 import duckdb
-import numpy as np
 import pytest
 
+from tests.store_writer import WRITER_LIMIT, Big, activation_key, big_activations, big_result, result_key
 from workbench.analyses import logit_lens
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.config import PROJECT_ROOT
-from workbench.store import ActivationKey, ResultKey, Store
+from workbench.store import Store, compaction
 from workbench.store.codec import same_result
 
-WRITER_LIMIT = 12_000_000  # small enough that the writer also evicts while it may be killed
 
-
-@dataclass(frozen=True, eq=False)
-class Big:
-    values: np.ndarray
-    labels: np.ndarray
-    index: int
-
-
-def big_result(index: int) -> Big:
-    rng = np.random.default_rng(index)
-    return Big(rng.standard_normal(250_000 + 1000 * index), np.array([f"tok{index}-{i}" for i in range(50)]), index)
-
-
-def big_activations(index: int) -> np.ndarray:
-    return np.random.default_rng(10_000 + index).standard_normal((6, 40, 256)).astype(np.float32)
-
-
-def result_key(index: int) -> ResultKey:
-    return ResultKey("crash_test", 1, "model", f"request-{index}")
-
-
-def activation_key(index: int) -> ActivationKey:
-    return ActivationKey("model", f"input-{index}", "resid")
-
-
-def write_forever(path: str, start: int) -> None:
-    """The writer process: ~2 MB results and ~250 kB activation sets, reporting each committed write."""
-    with Store(path, max_bytes=WRITER_LIMIT) as store:
-        for index in range(start, start + 10_000):
-            store.put_result(result_key(index), big_result(index), model_name="m", request_json="{}")
-            print(f"result {index}", flush=True)
-            store.put_activations(activation_key(index), big_activations(index))
-            print(f"activations {index}", flush=True)
-
-
-def kill_mid_write(path, start: int, after: int) -> tuple[int, int]:
-    """Start a writer, SIGKILL it at a random moment after ``after`` reported writes; the last reported
-    (committed) result and activation indices."""
-    code = f"from tests.test_store_crash import write_forever; write_forever({str(path)!r}, {start})"
+def kill_mid_write(path, start: int, after: int, slack: int | None = None, at: str = "copy") -> tuple[int, int]:
+    """Start a writer, SIGKILL it at a random moment after ``after`` reported writes (with ``slack``: after
+    the next compaction announced ``at``, "copy" or "swap"); the last reported (committed) result and
+    activation indices."""
+    code = f"from tests.store_writer import write_forever; write_forever({str(path)!r}, {start}, {slack!r})"
     writer = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
     last = {"result": -1, "activations": -1}
+
+    def next_line() -> str:
+        kind, *index = writer.stdout.readline().split()
+        if index:
+            last[kind] = int(index[0])
+        return kind
+
     try:
-        for _ in range(2 * after):
-            kind, index = writer.stdout.readline().split()
-            last[kind] = int(index)
-        time.sleep(random.uniform(0.0, 0.08))  # lands inside a put or an eviction
+        writes = 0
+        while writes < 2 * after:
+            writes += next_line() in last
+        if slack is None:
+            time.sleep(random.uniform(0.0, 0.08))  # lands inside a put or an eviction
+        else:
+            while next_line() != at:
+                pass
+            time.sleep(random.uniform(0.0, 0.5 if at == "copy" else 0.02))  # in the copy; in the swap or reopening
         os.kill(writer.pid, signal.SIGKILL)
     finally:
         writer.kill()
@@ -106,6 +83,32 @@ def test_kill_during_write_leaves_every_indexed_entry_complete(tmp_path):
     assert len(results) >= 3
     with Store(path, max_bytes=WRITER_LIMIT) as store:  # killed before its eviction ran: opening evicts
         assert store.stored_bytes() <= WRITER_LIMIT and store.orphan_rows() == 0
+
+
+def test_kill_during_compaction_leaves_a_complete_file(tmp_path):
+    """SIGKILL while the store copies itself into a fresh file or swaps it in: the file at the cache's
+    path is the old or the new one, complete; the next open removes the leftover copy."""
+    random.seed(1)
+    path = tmp_path / "compacting.duckdb"
+    start = 0
+    for round_, at in enumerate(("copy", "swap", "copy", "swap")):
+        last_result, last_activations = kill_mid_write(path, start, after=1 + round_ % 2, slack=1 << 20, at=at)
+        start = last_result + 1
+        leftover = compaction.temporary_path(path).exists()  # killed during the copy
+        results, sets = indexed(path)
+        print(f"round {round_}: killed after {at!r}, {'during' if leftover else 'after'} the copy, "
+              f"{len(results)} results indexed")
+        assert last_result in results and last_activations in sets
+        with Store(path) as store:
+            assert not compaction.temporary_path(path).exists()  # a killed copy is removed on open
+            assert store.count_results() == len(results) and store.orphan_rows() == 0
+            for index in results:
+                assert same_result(store.get_result(result_key(index), Big), big_result(index)), index
+            for index in sets:
+                assert store.get_activations(activation_key(index)).tobytes() == big_activations(index).tobytes()
+    with Store(path, max_bytes=WRITER_LIMIT) as store:
+        assert store.stored_bytes() <= WRITER_LIMIT and store.orphan_rows() == 0
+        assert compaction.file_bytes(path) <= store.disk_bound()
 
 
 # --------------------------------------------------------------------------- interrupted analyses

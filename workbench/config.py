@@ -28,7 +28,8 @@ Environment variables (all optional):
                             directories shared links and bundles may open (default: the models dir)
     LAYERLENS_ALLOW_PICKLE  ``1`` also loads pickled weights (``pytorch_model.bin``; default ``0``:
                             safetensors only)
-    LAYERLENS_CACHE_MAX_MB  size limit of the cache's stored data in MB (default 2048; ``0``: no limit)
+    LAYERLENS_CACHE_MAX_MB  size limit of the cache's stored data in MB (default 2048; ``0``: no limit);
+                            entries over 90% of it are not cached; the file stays under 2x it + 32 MB
     LAYERLENS_BATCH_WINDOW_MS  how long a request of a batching analysis (the logit lens) waits for
                             others on the same model to share one padded forward (default 20; ``0``:
                             no batching, every request runs alone)

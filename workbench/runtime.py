@@ -68,7 +68,10 @@ class Runtime:
                                       ctx, analysis, request, progress)
         else:
             result = analysis.run(ctx, request, progress)
-        self.store.put_result(key, result, model_name=local.identity or local.name, request_json=request_json(request))
+        skipped = self.store.put_result(key, result, model_name=local.identity or local.name,
+                                        request_json=request_json(request))
+        if skipped is not None:  # too large for the cache's limit: used now, not stored
+            progress(1.0, skipped.message)
         return result
 
     def activations(self, model_digest: str, site: str, content_digest: str, compute) -> np.ndarray:

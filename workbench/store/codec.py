@@ -3,7 +3,8 @@
 Owns the mapping between a frozen result dataclass and what the store keeps:
 numpy-array fields become ``.npy`` bytes (bit-exact, any dtype including
 strings), every other field goes into one JSON object. ``same_result`` compares
-two results field by field, arrays bit for bit.
+two results field by field, arrays bit for bit and the other fields as the codec
+stores them (so a NaN equals itself, -0.0 differs from 0.0, 1 from 1.0).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def decode(result_type, scalars_json: str, arrays: dict[str, bytes]):
 
 
 def same_result(a, b) -> bool:
-    """True when both results have the same type and identical fields (arrays bit for bit)."""
+    """True when both results have the same type and identical fields: arrays bit for bit, other fields
+    by their JSON (what the store keeps; Python's ``!=`` would call a NaN field different from itself)."""
     if type(a) is not type(b):
         return False
     for field in dataclasses.fields(a):
@@ -46,6 +48,13 @@ def same_result(a, b) -> bool:
                 return False
             if x.tobytes() != y.tobytes():
                 return False
-        elif x != y:
+        elif not _same_scalar(x, y):
             return False
     return True
+
+
+def _same_scalar(x, y) -> bool:
+    try:
+        return json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)
+    except TypeError:  # not JSON, so never stored as such: plain equality
+        return x == y

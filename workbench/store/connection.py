@@ -4,9 +4,11 @@ Owns opening the DuckDB file (a second process gets ``CacheLocked``, a damaged
 or foreign file ``CacheError``, each with a message saying what to do), moving
 it aside for a rebuild (``move_aside``: the file and its write-ahead log become
 ``<name>.bak-<time>``; nothing is ever deleted), the set of files a ``Store`` in
-this process holds open (a rebuild refuses them), and the two cursor helpers
-every query goes through: ``one`` (first row, result consumed) and
-``transaction`` (BEGIN ... COMMIT, ROLLBACK on any exception).
+this process holds open (a rebuild refuses them), the ``Gate`` that lets queries
+share the connection while keeping them out of the moment it is closed or
+swapped for a compacted file, and the two cursor helpers every query goes
+through: ``one`` (first row, result consumed) and ``transaction`` (BEGIN ...
+COMMIT, ROLLBACK on any exception).
 """
 
 from __future__ import annotations
@@ -41,6 +43,43 @@ def connect(path: Path) -> duckdb.DuckDBPyConnection:
         raise CacheError(_corrupt_message(path, exc)) from exc
     except duckdb.Error as exc:
         raise CacheError(_corrupt_message(path, exc)) from exc
+
+
+class Gate:
+    """Queries pass ``shared`` together; ``exclusive`` waits for them to finish and holds new ones back
+    (it is waiting or held: new queries wait), for closing the connection or swapping the file."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queries = 0
+        self._excluding = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._excluding:
+                self._cond.wait()
+            self._queries += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._queries -= 1
+                if not self._queries:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._excluding += 1
+            while self._queries:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._excluding -= 1
+                self._cond.notify_all()
 
 
 def mark_open(path: Path) -> None:

@@ -6,8 +6,11 @@ activation set) and when it was last used. After a write that takes the total
 over the limit, the least recently used results and activation sets are evicted
 (each whole, in one transaction) until the total is under ``EVICT_TO`` of the
 limit (also on open, for a lowered limit or a process killed between a write and
-its eviction). Reads record their use in memory (``LastUse``), written with the
-next write (or on close), so reads stay read-only. ``clear`` removes entries by
+its eviction). An entry larger than ``EVICT_TO`` of the limit is not stored at
+all (``oversize``): storing it would evict every other entry and then itself; the
+caller still gets it for this session, and a ``Skipped`` note says why it was not
+kept. Reads record their use in memory (``LastUse``), written with the next
+write (or on close), so reads stay read-only. ``clear`` removes entries by
 analysis and/or model, or everything. The ``Store`` calls all of these holding
 its write lock.
 """
@@ -36,6 +39,36 @@ class Removed:
     result_ids: tuple[str, ...]
     activation_ids: tuple[str, ...]
     n_bytes: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry too large for the cache: used by its caller, not stored."""
+
+    kind: str  # "result" or "activations"
+    entry_id: str
+    what: str  # e.g. "logit_lens result", "resid activation set"
+    n_bytes: int
+    max_bytes: int
+
+    @property
+    def message(self) -> str:
+        return (f"Not cached: this {self.what} takes {_mb(self.n_bytes)}, more than the cache can keep "
+                f"({EVICT_TO:.0%} of its {_mb(self.max_bytes)} limit, LAYERLENS_CACHE_MAX_MB); it is used now "
+                "and computed again next time. Raise LAYERLENS_CACHE_MAX_MB to cache it.")
+
+
+def oversize(kind: str, entry_id: str, what: str, n_bytes: int, max_bytes: int | None) -> Skipped | None:
+    """A ``Skipped`` note when an entry of ``n_bytes`` must not be stored under ``max_bytes``, else None."""
+    if max_bytes is None or n_bytes <= EVICT_TO * max_bytes:
+        return None
+    return Skipped(kind, entry_id, what, n_bytes, max_bytes)
+
+
+def _mb(n_bytes: int) -> str:
+    if n_bytes < 1 << 20:
+        return f"{n_bytes / 1024:,.1f} kB"
+    return f"{n_bytes / (1 << 20):,.1f} MB"
 
 
 class LastUse:
