@@ -60,3 +60,20 @@ def test_every_page_opens_on_the_default_model_without_computing(app, page):
     at = app.switch_page(f"app_pages/{page}").run()
     assert not at.exception and not at.error
     assert at.title and at.selectbox(key="model_choice").value == "smollm2-135m"
+
+
+def test_a_result_too_large_for_the_cache_says_so_on_the_page(app, tiny_dirs):
+    """With a cache limit below one result, the page shows the result and a note that it is not cached."""
+    import ui
+
+    at = open_page(app, "app_pages/logit_lens.py", str(tiny_dirs["gpt2"]))
+    at.text_area(key="ll_prompt").input("A prompt no other test runs, so nothing is cached")
+    store = ui._workbench().runtime.store
+    limit, store.max_bytes = store.max_bytes, 100  # bytes: every result is too large
+    try:
+        at.button[0].click().run()
+    finally:
+        store.max_bytes = limit
+    assert not at.exception and not at.error
+    assert at.get("plotly_chart")  # the result is used
+    assert any(info.value.startswith("Not cached") for info in at.info)

@@ -167,6 +167,9 @@ def remaining(fraction: float | None, elapsed: float) -> str:
     return f" (about {left:.0f} s left)" if left < 90 else f" (about {left / 60:.0f} min left)"
 
 
+NOT_CACHED = "Not cached:"  # how the store's note on an entry too large for the cache begins (store.eviction)
+
+
 @contextlib.contextmanager
 def progress(label: str) -> Iterator[Callable[[float | None, str], None]]:
     """A status box with a progress bar, fed by the backend's progress callback; once a share of
@@ -174,8 +177,11 @@ def progress(label: str) -> Iterator[Callable[[float | None, str], None]]:
     status = st.status(escape(label), expanded=False)
     bar = status.progress(0.0)
     started = time.monotonic()
+    notes: list[str] = []  # the cache's "Not cached: ..." note outlives the box's last label
 
     def report(fraction: float | None, message: str) -> None:
+        if message.startswith(NOT_CACHED):
+            notes.append(message)
         status.update(label=escape(message + remaining(fraction, time.monotonic() - started)))
         if fraction is not None:
             bar.progress(min(1.0, max(0.0, float(fraction))))
@@ -186,6 +192,8 @@ def progress(label: str) -> Iterator[Callable[[float | None, str], None]]:
         status.update(state="error", label=f"{escape(label)}: failed")
         raise
     status.update(state="complete", label=f"{escape(label)}: done")
+    for note in notes:
+        st.info(escape(note))
 
 
 def compute(label: str, call: Callable[[Callable[[float | None, str], None]], T]) -> T | None:
