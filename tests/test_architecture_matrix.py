@@ -208,7 +208,7 @@ def test_relp_leaves_logits_unchanged_and_conserves_relevance(workbench, model):
 # ---------------------------------------------------------------------- attention sinks, depth use
 
 
-def test_attention_rows_sum_to_one_and_the_mlp_write_is_real(workbench, model, arch):
+def test_attention_rows_sum_to_one_and_the_mlp_write_is_real(workbench, model, arch, matrix_dirs):
     ids = _ids(workbench, model)
     trace = tracing.attention_and_states(model, ids)
     seq = len(ids)
@@ -218,7 +218,7 @@ def test_attention_rows_sum_to_one_and_the_mlp_write_is_real(workbench, model, a
     _, mlp_writes = _writes(model, arch, ids)
     for layer, write in enumerate(mlp_writes):
         torch.testing.assert_close(trace.mlp_write[layer], write, rtol=0, atol=1e-5)
-    result = workbench.attention_sinks(str(model.name), _sink_request())
+    result = workbench.attention_sinks(str(matrix_dirs(arch)), _sink_request())
     assert result.sink_scores.shape == (model.info.n_layers, model.info.n_heads, seq)
 
 
@@ -228,7 +228,7 @@ def _sink_request():
     return SinkProbeRequest(prompt=PROMPT)
 
 
-def test_skipping_no_block_gives_kl_zero_and_the_split_is_exact(workbench, model, arch):
+def test_skipping_no_block_gives_kl_zero_and_the_split_is_exact(workbench, model, arch, matrix_dirs):
     ids = _ids(workbench, model)
     clean = tracing.residual_stream(model, ids)
     resid, logits = tracing.skip_layers(model, ids, [None, 1])
@@ -245,7 +245,7 @@ def test_skipping_no_block_gives_kl_zero_and_the_split_is_exact(workbench, model
         torch.testing.assert_close(split.resid_out[layer] - split.resid_mid[layer], mlp_writes[layer],
                                    rtol=0, atol=1e-5)
     torch.testing.assert_close(split.resid_in[1:], split.resid_out[:-1], rtol=0, atol=0)
-    result = workbench.depth_use(str(model.name), DepthUseRequest(PROMPT))
+    result = workbench.depth_use(str(matrix_dirs(arch)), DepthUseRequest(PROMPT))
     pos = slice(1, len(ids))
     mlp = (split.resid_out - split.resid_mid)[:, pos]
     reads = split.resid_in if arch in PARALLEL else split.resid_mid  # parallel: the MLP reads the block input
@@ -277,12 +277,12 @@ def test_weight_rows_are_the_mlp(model, arch):
         torch.testing.assert_close(rebuilt, mlp(x), rtol=0, atol=1e-5)
 
 
-def test_sign_normalisation_leaves_the_mlp_unchanged(workbench, model, arch):
+def test_sign_normalisation_leaves_the_mlp_unchanged(workbench, model, arch, matrix_dirs):
     spec = model.spec
     mlp = model.module(f"{spec.layers}.1.{spec.mlp}")
     views = parts.mlp_weights(spec, model.hf_model, 1)
     x = torch.randn(7, model.info.d_model, generator=torch.Generator().manual_seed(0))
-    result = workbench.neuron_classes(str(model.name), NeuronClassRequest())
+    result = workbench.neuron_classes(str(matrix_dirs(arch)), NeuronClassRequest())
     assert result.gated == (arch in GATED)
     if not spec.gated:  # non-gated MLPs: nothing to normalise, the three non-gated classes only
         assert result.flipped.shape == (0, 0) and result.cos_gate_out.shape == (0, 0)
