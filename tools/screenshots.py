@@ -11,6 +11,8 @@ for looking at what was built (see the developers' guide), not a test.
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +58,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600, help="seconds a page may run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    # a stopped run (kill, Ctrl-C) unwinds through the server's context manager, which stops the server
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as cache, streamlit_server(Path(cache), Path(cache) / "server.log") as url, \
