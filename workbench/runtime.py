@@ -232,12 +232,13 @@ class Batcher:
                     leader_stopped.append(exc)
 
         try:
-            unique: dict[str, int] = {}
-            for job in jobs:
-                unique.setdefault(request_digest(job.request), len(unique))
-            requests = [None] * len(unique)
-            for job in jobs:
-                requests[unique[request_digest(job.request)]] = job.request
+            digests = [request_digest(job.request) for job in jobs]
+            unique: dict[str, int] = {}  # digest -> index of its request in the batch
+            requests = []
+            for digest, job in zip(digests, jobs, strict=True):
+                if digest not in unique:
+                    unique[digest] = len(requests)
+                    requests.append(job.request)
             try:
                 shared = Context(ctx.runtime, ctx.local, ctx.model_name)  # a batch reports no partial results
                 outcomes = list(analysis.run_batch(shared, requests, report))
@@ -252,9 +253,9 @@ class Batcher:
             except Exception:  # a batching failure: every caller runs its own request alone
                 log.exception("%s.run_batch failed on %d requests; each runs alone", analysis.name, len(requests))
                 outcomes = [_ALONE] * len(requests)
-            mine = outcomes[unique[request_digest(jobs[0].request)]]
-            for job in jobs[1:]:
-                job.inbox.put((_DONE, outcomes[unique[request_digest(job.request)]]))
+            mine = outcomes[unique[digests[0]]]
+            for digest, job in zip(digests[1:], jobs[1:], strict=True):
+                job.inbox.put((_DONE, outcomes[unique[digest]]))
             answered = True
         finally:
             if not answered:  # the leader itself was interrupted: nobody waits forever
