@@ -163,10 +163,12 @@ def test_linear_shortcut_ridge_shrinks_toward_the_logit_lens():
     assert exact.weight.abs().max() < 1e-5 and exact.bias.abs().max() < 1e-5
 
 
-def test_residual_batch_equals_one_sequence_at_a_time(workbench, tiny_dir):
+def test_batched_fitting_states_equal_one_sequence_at_a_time(workbench, tiny_dir):
+    from workbench.analyses.linear_shortcut import _all_slots
+
     model = workbench.model(str(tiny_dir))
     chunks = tuned_lens.corpus_chunks(model, "python-reference", "train", 16, 3)
-    batch = tracing.residual_batch(model, torch.stack(chunks))  # (batch, slot, seq, d_model)
+    batch = tracing.reduce_slots_batch(model, torch.stack(chunks).tolist(), _all_slots)  # (batch, slot, seq, d)
     for row, ids in zip(batch, chunks, strict=True):
         torch.testing.assert_close(row, tracing.residual_stream(model, ids).resid, rtol=1e-5, atol=1e-5)
 

@@ -64,22 +64,6 @@ def residual_stream(model: LoadedModel, token_ids: torch.Tensor) -> ResidualTrac
     return ResidualTrace(resid=resid, logits=logits[0].detach().float().cpu())
 
 
-def residual_batch(model: LoadedModel, token_ids: torch.Tensor) -> torch.Tensor:
-    """One forward pass over a batch of equal-length sequences (batch, seq), no padding: every
-    residual slot, as (batch, slot, seq, d_model). The model's logits are not kept (one position's
-    are computed), so this is the cheap way to collect hidden states over a corpus."""
-    if token_ids.ndim != 2:
-        raise ValueError("token_ids must be a batch of equal-length sequences, shape (batch, seq)")
-    lm, n_layers = model.lm, model.info.n_layers
-    with model.lock, torch.no_grad():
-        with lm.trace(token_ids.to(model.device), logits_to_keep=1, **_trace_options(model)):
-            states = [_first(lm.layers[0].input)]
-            for layer in range(n_layers):
-                states.append(_first(lm.layers[layer].output))
-            nnsight.save(states)
-    return torch.stack([s.detach().float().cpu() for s in states], dim=1)
-
-
 def reduce_slots(model: LoadedModel, token_ids: torch.Tensor, reduce, *args, last_only: bool = False):
     """One forward pass that hands every residual slot to ``reduce(unembed, states, *args)`` INSIDE
     the trace and brings back only what it returns (a tensor, or lists / dicts of tensors).

@@ -4,7 +4,8 @@ Din, Karidi, Choshen & Geva (2023), "Jump to Conclusions: Short-Cutting Transfor
 Transformations": for every residual slot ``l`` below the last, the affine map ``A_l h_l + b_l``
 that best predicts the last slot ``h_L`` in least squares over a text corpus's hidden states,
 decoded through the model's own final norm and unembedding (``lenses.fit_linear_shortcut``). It
-needs no training loop: one forward pass per eight fitting chunks and one linear solve per slot.
+needs no training loop: one forward pass per eight fitting chunks (``tracing.reduce_slots_batch``)
+and one linear solve per slot.
 
 Compared with the logit lens exactly as the tuned lens is (``tuned_lens.compare``): on held-out
 text, per slot, KL to the final distribution, top-1 agreement and the next token's perplexity;
@@ -52,6 +53,12 @@ class LinearShortcutRequest:
             raise BadRequest("eval_chunks must be between 1 and 64.")
 
 
+def _all_slots(_unembed, states, _real):
+    """Every residual slot, (batch, slot, seq, d_model), for ``tracing.reduce_slots_batch``: the
+    fitting chunks have equal lengths, so no position is padding."""
+    return torch.stack(states, dim=1)
+
+
 def fit(model, request: LinearShortcutRequest, progress=lambda f, m: None):
     """The fitted ``AffineLens`` of ``model`` on the request's corpus chunks, read ``BATCH`` chunks per
     forward pass (equal lengths, so no padding)."""
@@ -67,7 +74,7 @@ def fit(model, request: LinearShortcutRequest, progress=lambda f, m: None):
                 batch = torch.stack(same[start:start + BATCH])
                 progress(FIT_SHARE * done / len(chunks),
                          f"Fitting the linear shortcuts: chunks {done + 1}-{done + len(batch)} of {len(chunks)}")
-                states = tracing.residual_batch(model, batch)[:, :, 1:]  # (batch, slot, seq - 1, d): no sink position
+                states = tracing.reduce_slots_batch(model, batch.tolist(), _all_slots)[:, :, 1:]  # no sink position
                 done += len(batch)
                 yield states.transpose(0, 1).reshape(states.shape[1], -1, states.shape[-1])
 
