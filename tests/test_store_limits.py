@@ -5,34 +5,20 @@ after evictions, a lowered limit and clearing, because freed space is reclaimed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import duckdb
 import numpy as np
 import pytest
 
+from tests.test_store_admin import Payload, key, payload  # the synthetic result both store tests use
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.service import Workbench
-from workbench.store import ActivationKey, ResultKey, Store, compaction
+from workbench.store import ActivationKey, Store, compaction
 from workbench.store.codec import same_result
 from workbench.store.eviction import EVICT_TO
 
 PROMPT = "The capital of France is"
 MB = 1 << 20
-
-
-@dataclass(frozen=True, eq=False)
-class Payload:
-    values: np.ndarray
-    index: int
-
-
-def payload(index: int, n_floats: int = 2500) -> Payload:
-    return Payload(np.random.default_rng(index).standard_normal(n_floats), index)
-
-
-def key(index: int) -> ResultKey:
-    return ResultKey("payload", 1, "model", f"request-{index}")
 
 
 def acts(index: int, layers: int = 2, positions: int = 8, d: int = 64) -> np.ndarray:
