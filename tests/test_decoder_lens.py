@@ -15,7 +15,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from tests.page_helpers import chart_specs, decode_plotly, open_page
 from tests.tiny_models import SEQ2SEQ_ARCHITECTURES, build_seq2seq_model, build_tokenizer
-from workbench.analyses import decoder_lens, logit_lens, request_from_json
+from workbench.analyses import ANALYSES, decoder_lens, logit_lens, request_from_json
 from workbench.analyses.decoder_lens import DecoderLensRequest, encoder_slots
 from workbench.errors import BadPrompt, BadRequest, UnsupportedArchitecture
 from workbench.models import adapter
@@ -184,6 +184,31 @@ def test_decoder_only_models_are_refused_and_seq2seq_models_still_refused_elsewh
         with pytest.raises(UnsupportedArchitecture, match=rf"'{arch}' is an encoder-decoder model"):
             workbench.logit_lens(seq2seq_dirs[arch], logit_lens.LogitLensRequest(PROMPT))
     assert workbench.store.count_results() == 0
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_run_reports_every_decoded_token_and_stops_when_its_progress_raises(seq2seq_dirs, workbench):
+    seen: list[tuple[float | None, str]] = []
+
+    def progress(fraction, message):
+        seen.append((fraction, message))
+        if "decoded token 3 " in message:
+            raise _Stop  # what the runtime's progress does when the user cancels
+
+    with pytest.raises(_Stop):
+        workbench.decoder_lens(seq2seq_dirs["t5"], DecoderLensRequest(PROMPT, max_new_tokens=10), progress)
+    decoded = [message for _, message in seen if "decoded token" in message]
+    assert decoded == [f"DecoderLens: decoded token {i} of at most 10" for i in (1, 2, 3)]
+    fractions = [f for f, _ in seen if f is not None]
+    assert fractions == sorted(fractions) and 0 < fractions[-1] < 1
+    assert workbench.store.count_results() == 0  # a cancelled run leaves nothing behind
+
+
+def test_only_the_decoder_lens_declares_encoder_decoder_models():
+    assert [analysis.name for analysis in ANALYSES if analysis.encoder_decoder] == ["decoder_lens"]
 
 
 def test_decode_cost_per_token_is_reported(seq2seq_dirs, workbench, capsys):

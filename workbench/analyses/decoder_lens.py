@@ -209,5 +209,5 @@ def run(ctx, request: DecoderLensRequest, progress) -> DecoderLensResult:
 
 ANALYSIS = Analysis(
     name=NAME, version=VERSION, title="DecoderLens", Request=DecoderLensRequest, Result=DecoderLensResult,
-    run=run, check=check,
+    run=run, check=check, encoder_decoder=True,
 )
