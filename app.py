@@ -19,6 +19,7 @@ page = st.navigation(
         st.Page("app_pages/attention_sinks.py", title="Attention sinks", url_path="attention_sinks"),
         st.Page("app_pages/tuned_lens.py", title="Tuned lens", url_path="tuned_lens"),
         st.Page("app_pages/latent_language.py", title="Latent language", url_path="latent_language"),
+        st.Page("app_pages/decoder_lens.py", title="DecoderLens", url_path="decoder_lens"),
         st.Page("app_pages/depth_use.py", title="Depth use", url_path="depth_use"),
         st.Page("app_pages/neurons.py", title="Neurons", url_path="neurons"),
         st.Page("app_pages/patching.py", title="Patching", url_path="patching"),

@@ -15,8 +15,10 @@ its own result or its own error, and reports progress from its own thread.
 
 and ``Context``, what an analysis's ``run`` gets: its model (loaded on first use), the settings,
 cached activation sets, other analyses' results on the same model (each cached on its own) and
-the tuned-lens trainers. Only complete results are stored: a run that raises (or is cancelled
-through its progress callback) leaves nothing behind.
+the tuned-lens trainers. An analysis that reads an encoder-decoder model (the DecoderLens) asks for
+``ctx.encoder_decoder_model`` instead of ``ctx.model`` (which refuses such models for every other analysis);
+the runtime loads each one once (``loader.load_encoder_decoder``). Only complete results are stored: a run
+that raises (or is cancelled through its progress callback) leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from workbench.analyses.base import Analysis, Progress, request_digest, request_
 from workbench.config import Settings
 from workbench.errors import WorkbenchError
 from workbench.lens_training import TrainerPool
+from workbench.models import catalog, loader
 from workbench.models.catalog import LocalModel
-from workbench.models.loader import LoadedModel
+from workbench.models.loader import LoadedEncoderDecoder, LoadedModel
 from workbench.models.pool import ModelPool
 from workbench.store import ActivationKey, ResultKey, Store
 
@@ -50,6 +53,18 @@ class Runtime:
         self.pool = ModelPool(settings)
         self.trainers = TrainerPool(settings)
         self.batcher = Batcher(settings.batch_window_ms / 1000.0, settings.batch_max)
+        self._encoder_decoders: dict[str, LoadedEncoderDecoder] = {}  # by catalog identity, loaded once
+        self._encoder_decoder_lock = threading.Lock()
+
+    def encoder_decoder_model(self, model_name: str, progress: Progress = silent) -> LoadedEncoderDecoder:
+        """The loaded encoder-decoder model (once per process); a decoder-only one is refused by name."""
+        identity = catalog.resolve(model_name).name
+        with self._encoder_decoder_lock:
+            if identity not in self._encoder_decoders:
+                local = self.pool.local(model_name, progress)
+                progress(None, f"Loading {local.name}")
+                self._encoder_decoders[identity] = loader.load_encoder_decoder(local, self.settings)
+            return self._encoder_decoders[identity]
 
     def run(self, analysis: Analysis, model_name: str, request, progress: Progress = silent, on_partial=None):
         """``analysis``'s result for ``request`` on the model: from the store, or computed and stored.
@@ -108,6 +123,11 @@ class Context:
     def model(self) -> LoadedModel:
         """The loaded model (loaded on first use)."""
         return self.runtime.pool.load(self.model_name)
+
+    @property
+    def encoder_decoder_model(self) -> LoadedEncoderDecoder:
+        """The loaded encoder-decoder model (T5, BART), for analyses that read both stacks."""
+        return self.runtime.encoder_decoder_model(self.model_name)
 
     def encode(self, text: str) -> prompts.EncodedPrompt:
         """``text`` checked and tokenised for this model (token limit included)."""

@@ -22,6 +22,7 @@ from workbench.analyses import (
     Progress,
     attention_sinks,
     concept_depth,
+    decoder_lens,
     depth_use,
     latent_language,
     linear_shortcut,
@@ -95,6 +96,12 @@ class Workbench:
                         progress: Progress = _silent) -> tuned_lens.LensComparisonResult:
         """The linear shortcut (Din et al. 2023), fitted in closed form, against the logit lens."""
         return self.run(linear_shortcut.ANALYSIS, model_name, request, progress)
+
+    def decoder_lens(self, model_name: str, request: decoder_lens.DecoderLensRequest,
+                     progress: Progress = _silent) -> decoder_lens.DecoderLensResult:
+        """DecoderLens (Langedijk et al. 2024) on an encoder-decoder model (T5, BART): the decoder's greedy
+        output from every encoder layer's states."""
+        return self.run(decoder_lens.ANALYSIS, model_name, request, progress)
 
     def tuned_lens_trainer(self, model_name: str, config: tuned_lens.TunedLensConfig,
                            progress: Progress = _silent) -> LensTrainer:

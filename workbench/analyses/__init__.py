@@ -11,6 +11,7 @@ from workbench.analyses import (  # noqa: E402, I001 (after base: each module bu
     activation_patching,
     attention_sinks,
     concept_depth,
+    decoder_lens,
     depth_use,
     latent_language,
     linear_shortcut,
@@ -50,4 +51,5 @@ ANALYSES: tuple[Analysis, ...] = (
     patching.ANALYSIS,
     patching_faithfulness.ANALYSIS,
     concept_depth.ANALYSIS,
+    decoder_lens.ANALYSIS,
 )

@@ -17,7 +17,9 @@ equal ``run``'s to float tolerance). ``check(request, settings)`` refuses bad in
 model is touched. Figures live in ``workbench/figures/<name>.py`` as ``FIGURES = {figure name:
 result -> plotly figure}``, found by name, so no analysis imports plotly. ``summary(result)``
 places per-layer numbers on normalised depth (``workbench.axes``); ``compare_request(inputs)``
-builds the request the compare page runs on both models.
+builds the request the compare page runs on both models. ``encoder_decoder`` marks an analysis that reads
+encoder-decoder models (T5, BART) through ``ctx.encoder_decoder_model`` and refuses decoder-only ones
+(the DecoderLens); every other analysis reads ``ctx.model``, which refuses encoder-decoder models.
 
 The request JSON (``request_json`` / ``request_from_json``) is the one serialisation used for
 cache keys, export manifests, the CLI and shareable links.
@@ -70,6 +72,7 @@ class Analysis:
     compare_note: str = ""  # e.g. "slow on CPU", shown next to the title on the compare page
     expand_fields: Callable | None = None  # JSON fields -> request fields (e.g. a named bundled task)
     run_batch: Callable | None = None  # (ctx, [request], progress) -> [Result | Exception], see above
+    encoder_decoder: bool = False  # runs on encoder-decoder models (ctx.encoder_decoder_model), not decoder-only ones
 
     @property
     def figures(self) -> Mapping[str, Callable]:

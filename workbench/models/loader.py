@@ -13,6 +13,11 @@ What a directory may make this process run: never its own Python code (``trust_r
 always off, so a config's ``auto_map`` is ignored), and only safetensors weights unless the user
 allows pickled checkpoints (``Settings.allow_pickle``, ``LAYERLENS_ALLOW_PICKLE=1``): reading a
 pickle can run code.
+
+Encoder-decoder models (T5, BART: rows of ``adapter.ENCODER_DECODER_ARCHITECTURES``) load only through
+``load_encoder_decoder`` into a ``LoadedEncoderDecoder`` (a plain ``AutoModelForSeq2SeqLM``, no nnsight: its
+only user, the DecoderLens, runs the model's own encoder and ``generate``), under the same file rules. ``load``
+still refuses them (``adapter.spec_for_model_type``), so every decoder-only analysis stops with one message.
 """
 
 from __future__ import annotations
@@ -305,3 +310,82 @@ def _load_remote(local: LocalModel) -> LoadedModel:
     skeleton = lm._module
     adapter.validate(spec, skeleton, skeleton.config.model_type)
     return _loaded(local, lm, spec)
+
+
+# ---------------------------------------------------------------------- encoder-decoder models
+
+
+@dataclass
+class LoadedEncoderDecoder:
+    """An encoder-decoder model (T5, BART) for the analyses that read both stacks (the DecoderLens)."""
+
+    name: str
+    digest: str
+    note: str
+    hf_model: torch.nn.Module  # AutoModelForSeq2SeqLM, eval mode
+    tokenizer: object
+    spec: adapter.EncoderDecoderSpec
+    info: ModelInfo  # n_layers: encoder blocks; n_heads / n_kv_heads: 0 (not read)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    remote: RemoteTarget | None = None  # always None: NDIF models are refused at load
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def module(self, path: str) -> torch.nn.Module:
+        return self.hf_model.get_submodule(path)
+
+
+def encoder_decoder_spec_for(local: LocalModel) -> adapter.EncoderDecoderSpec:
+    """The encoder-decoder row of the model in ``local``, read from its config; a decoder-only model is
+    refused with a message saying what to open instead."""
+    model_type = getattr(_read_config(local), "model_type", None) or "unknown"
+    if model_type not in adapter.ENCODER_DECODER:
+        try:
+            adapter.spec_for_model_type(model_type)
+        except UnsupportedArchitecture:
+            pass  # neither kind: encoder_decoder_spec names the known rows
+        else:
+            raise UnsupportedArchitecture(
+                f"{local.name} is a decoder-only model ('{model_type}'); this analysis needs an encoder-decoder "
+                "model (T5, BART). Open one by typing its local directory or hub id in the sidebar's Other field."
+            )
+    return adapter.encoder_decoder_spec(model_type)
+
+
+def load_encoder_decoder(local: LocalModel, settings: Settings) -> LoadedEncoderDecoder:
+    """Load the encoder-decoder model in ``local`` (safetensors only unless pickles are allowed, never the
+    directory's own code), in float32 on the configured device."""
+    with hub_guard(settings):
+        if local.remote is not None:
+            raise RemoteUnsupported(REMOTE_WEIGHTS_MESSAGE.format(name=local.name))
+        spec = encoder_decoder_spec_for(local)
+        use_safetensors = _check_files(local, settings)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        try:
+            with _LOAD_LOCK:
+                hf_model = AutoModelForSeq2SeqLM.from_pretrained(
+                    str(local.path.resolve()), dtype=torch.float32, device_map=_device(settings),
+                    attn_implementation="eager", trust_remote_code=False, use_safetensors=use_safetensors,
+                )
+                tokenizer = AutoTokenizer.from_pretrained(str(local.path.resolve()), trust_remote_code=False)
+        except Exception as exc:
+            raise ModelLoadError(f"Could not load the model in {local.path}: {_load_failure(exc)}") from exc
+    hf_model.eval()
+    model_type = hf_model.config.model_type
+    adapter.validate_encoder_decoder(spec, hf_model, model_type)
+    _check_complete_weights(hf_model, local)
+    limit = getattr(tokenizer, "model_max_length", None)
+    return LoadedEncoderDecoder(
+        name=local.name, digest=local.digest, note=local.note, hf_model=hf_model, tokenizer=tokenizer, spec=spec,
+        info=ModelInfo(
+            model_type=model_type, family=spec.family, n_layers=len(hf_model.get_submodule(spec.encoder.layers)),
+            d_model=getattr(hf_model.config, spec.d_model_attr), n_heads=0, n_kv_heads=0,
+            vocab_size=hf_model.get_submodule(spec.unembed).weight.shape[0],
+            max_positions=limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None,
+        ),
+    )
