@@ -9,6 +9,7 @@ from workbench.analyses import ANALYSES
 from workbench.analyses.activation_patching import ActivationPatchingRequest
 from workbench.analyses.attention_sinks import SinkProbeRequest
 from workbench.analyses.concept_depth import ConceptDepthRequest
+from workbench.analyses.decoder_lens import DecoderLensRequest
 from workbench.analyses.depth_use import DepthUseRequest
 from workbench.analyses.latent_language import LatentLanguageRequest
 from workbench.analyses.linear_shortcut import LinearShortcutRequest
@@ -37,6 +38,7 @@ def examples() -> dict[str, object]:
         "linear_shortcut": LinearShortcutRequest(PROMPT, " Paris", chunk_tokens=32, fit_chunks=12, eval_chunks=1),
         "latent_language": LatentLanguageRequest(task="repetition", max_prompts=3),
         "depth_use": DepthUseRequest(PROMPT),
+        "decoder_lens": DecoderLensRequest(PROMPT, max_new_tokens=4),  # on a tiny T5 (conftest.model_for)
         "attention_sinks": SinkProbeRequest(prompt=PROMPT),
         "sink_levels": SinkLevelsRequest(prompts=(PROMPT, "one two three four")),
         "neuron_classes": NeuronClassRequest(),

@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.tiny_models import ARCHITECTURES, build_model_dir  # noqa: E402
+from tests.tiny_models import ARCHITECTURES, SEQ2SEQ_ARCHITECTURES, build_model_dir, build_seq2seq_dir  # noqa: E402
 from workbench.config import PROJECT_ROOT, Settings  # noqa: E402
 from workbench.service import Workbench  # noqa: E402
 
@@ -34,6 +34,17 @@ def model_roots(tiny_root) -> Iterator[tuple[Path, ...]]:
 @pytest.fixture(scope="session")
 def tiny_dirs(tiny_root) -> dict[str, Path]:
     return {arch: build_model_dir(arch, tiny_root / arch) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def seq2seq_dirs(tiny_root) -> dict[str, str]:
+    """Tiny random encoder-decoder models (T5, BART), under the model roots."""
+    return {arch: str(build_seq2seq_dir(arch, tiny_root / f"seq2seq-{arch}")) for arch in SEQ2SEQ_ARCHITECTURES}
+
+
+def model_for(analysis, tiny_dirs, seq2seq_dirs) -> str:
+    """The tiny model an analysis-wide test runs ``analysis`` on: T5 for an encoder-decoder analysis."""
+    return seq2seq_dirs["t5"] if analysis.encoder_decoder else str(tiny_dirs["llama"])
 
 
 @pytest.fixture(params=ARCHITECTURES)

@@ -125,7 +125,8 @@ def serve(config: dict) -> None:
     emit(event="opening")
     store = Store(cache / "workbench.duckdb", max_bytes=config["max_bytes"])
     wb = Workbench(settings(str(cache)), store=store)
-    table = examples()
+    table = {name: request for name, request in examples().items()  # the soak's models are decoder-only
+             if not registry.entry(name).encoder_decoder}
     threads = [threading.Thread(target=session, args=(wb, config["models"], config["seed"] * 100 + i, table),
                                 daemon=True) for i in range(config["sessions"])]
     for thread in threads:

@@ -13,6 +13,7 @@ import json
 import pytest
 
 from tests.analysis_examples import TEXT_FIELDS, analysis_names, examples
+from tests.conftest import model_for
 from workbench import export, registry
 from workbench.analyses import ANALYSES, request_digest, request_json
 from workbench.errors import BadPrompt, BadRequest, UnknownModel, WorkbenchError
@@ -43,9 +44,9 @@ def test_request_survives_the_json_round_trip(name):
 
 
 @pytest.mark.parametrize("name", sorted(BY_NAME))
-def test_figures_render_and_export_on_a_tiny_model(name, workbench, tiny_dirs):
+def test_figures_render_and_export_on_a_tiny_model(name, workbench, tiny_dirs, seq2seq_dirs):
     analysis, request = BY_NAME[name], examples()[name]
-    model = str(tiny_dirs["llama"])
+    model = model_for(analysis, tiny_dirs, seq2seq_dirs)
     if name == "latent_language":  # the tiny tokenizer splits most words: the bundled words need a real model
         with pytest.raises(BadRequest, match="single token"):
             workbench.run(analysis, model, request)
@@ -67,9 +68,9 @@ def test_figures_render_and_export_on_a_tiny_model(name, workbench, tiny_dirs):
 
 
 @pytest.mark.parametrize("name", sorted(BY_NAME))
-def test_bad_input_is_refused_with_a_message(name, workbench, tiny_dirs):
+def test_bad_input_is_refused_with_a_message(name, workbench, tiny_dirs, seq2seq_dirs):
     analysis, request = BY_NAME[name], examples()[name]
-    model = str(tiny_dirs["llama"])
+    model = model_for(analysis, tiny_dirs, seq2seq_dirs)
     with pytest.raises(BadRequest, match=f"{name} takes a {analysis.Request.__name__}"):
         workbench.run(analysis, model, object())
     with pytest.raises(UnknownModel):

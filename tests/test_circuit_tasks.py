@@ -45,10 +45,12 @@ def test_padded_batch_equals_single_runs(workbench, settings, tiny_dir):
 def test_task_metric_is_zero_on_corrupted_and_one_on_clean(workbench, settings, tiny_dirs):
     model = workbench.model(str(tiny_dirs["llama"]))
     batch = encode_pairs(model, _pairs_for(model), settings)
-    hf = model.hf_model
-    with torch.no_grad():
-        ld_clean = logit_diffs(last_logits(hf(input_ids=batch.clean_ids, attention_mask=batch.attention_mask).logits, batch), batch)
-        ld_corr = logit_diffs(last_logits(hf(input_ids=batch.corrupted_ids, attention_mask=batch.attention_mask).logits, batch), batch)
+    def ld(ids):
+        with torch.no_grad():
+            logits = model.hf_model(input_ids=ids, attention_mask=batch.attention_mask).logits
+        return logit_diffs(last_logits(logits, batch), batch)
+
+    ld_clean, ld_corr = ld(batch.clean_ids), ld(batch.corrupted_ids)
     assert float(task_metric(ld_clean, ld_clean, ld_corr)) == pytest.approx(1.0)
     assert float(task_metric(ld_corr, ld_clean, ld_corr)) == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(BadRequest, match="undefined"):

@@ -14,34 +14,13 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.modeling_outputs import BaseModelOutput
 
 from tests.page_helpers import chart_specs, decode_plotly, open_page
-from tests.tiny_models import SEQ2SEQ_ARCHITECTURES, build_seq2seq_model, build_tokenizer
+from tests.tiny_models import SEQ2SEQ_ARCHITECTURES
 from workbench.analyses import ANALYSES, decoder_lens, logit_lens, request_from_json
 from workbench.analyses.decoder_lens import DecoderLensRequest, encoder_slots
 from workbench.errors import BadPrompt, BadRequest, UnsupportedArchitecture
 from workbench.models import adapter
 
 PROMPT = "The capital of France is Paris."
-# (seed, weight scale): the random BART's decoder hardly reads its encoder at HF's init scale (every
-# slot then decodes the same tokens); larger weights make the slots' outputs differ, as a trained model's do
-SEEDS = {"t5": (0, 1.0), "bart": (2, 8.0)}
-
-
-def build_seq2seq_dir(arch: str, directory):
-    tokenizer = build_tokenizer()
-    seed, scale = SEEDS[arch]
-    model = build_seq2seq_model(arch, vocab_size=len(tokenizer), seed=seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2 and "embed" not in name and "shared" not in name:
-                param.mul_(scale)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def seq2seq_dirs(tiny_root):
-    return {arch: str(build_seq2seq_dir(arch, tiny_root / f"seq2seq-{arch}")) for arch in SEQ2SEQ_ARCHITECTURES}
 
 
 def _reference(directory: str):

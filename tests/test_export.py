@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import pytest
 
 from tests.analysis_examples import examples
+from tests.conftest import model_for
 from workbench import cli, export, registry, summaries
 from workbench.analyses import request_digest
 from workbench.analyses.attention_sinks import SinkProbeRequest
@@ -355,7 +356,7 @@ def _hex(colour: str) -> str:
     return colour
 
 
-def test_every_registered_figure_uses_a_colour_blind_safe_palette(workbench, tiny_dirs):
+def test_every_registered_figure_uses_a_colour_blind_safe_palette(workbench, tiny_dirs, seq2seq_dirs):
     import plotly.colors
 
     requests = examples()
@@ -366,7 +367,7 @@ def test_every_registered_figure_uses_a_colour_blind_safe_palette(workbench, tin
     for name, request in requests.items():
         entry = registry.entry(name)
         try:
-            result = workbench.run(entry, str(tiny_dirs["llama"]), request)
+            result = workbench.run(entry, model_for(entry, tiny_dirs, seq2seq_dirs), request)
         except BadRequest as exc:  # e.g. no single-token words for the tiny tokenizer
             assert name == "latent_language", (name, exc)
             continue

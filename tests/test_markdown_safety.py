@@ -219,6 +219,14 @@ def hostile_model(tmp_path_factory, tiny_dirs) -> str:
     return str(target)
 
 
+@pytest.fixture(scope="module")
+def hostile_seq2seq(tmp_path_factory, seq2seq_dirs) -> str:
+    """The same hostile name on a tiny T5, for the encoder-decoder analyses."""
+    target = tmp_path_factory.mktemp("hostile_seq2seq") / HOSTILE_DIR
+    shutil.copytree(seq2seq_dirs["t5"], target)
+    return str(target)
+
+
 NO_MODEL_IN_TITLES = {"neuron_vocab", "neuron_effect", "activation_patching"}  # none names the model
 LINK_TAG = re.compile(r"</?a[\s>]", re.I)  # no figure links anything: any <a> came from the hostile name
 
@@ -230,8 +238,9 @@ def _hostile_strings(fig) -> tuple[list, list]:
 
 
 @pytest.mark.parametrize("analysis", [a for a in ANALYSES if a.name != "latent_language"], ids=lambda a: a.name)
-def test_figures_show_a_hostile_model_name_without_markup(analysis, hostile_model, workbench):
-    result = workbench.run(analysis, hostile_model, examples()[analysis.name])
+def test_figures_show_a_hostile_model_name_without_markup(analysis, hostile_model, hostile_seq2seq, workbench):
+    result = workbench.run(analysis, hostile_seq2seq if analysis.encoder_decoder else hostile_model,
+                           examples()[analysis.name])
     assert getattr(result, "model_name", HOSTILE_DIR) == HOSTILE_DIR
     shown = []
     for figure in analysis.figures:

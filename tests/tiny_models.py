@@ -159,3 +159,22 @@ def logits_with_attention(model, token_ids, implementation: str):
         finally:
             hf_model.set_attn_implementation("eager")
     return out.logits[0].float().cpu()
+
+
+# (seed, weight scale): the random BART's decoder hardly reads its encoder at HF's init scale (every
+# slot then decodes the same tokens); larger weights make the slots' outputs differ, as a trained model's do
+SEQ2SEQ_SEEDS = {"t5": (0, 1.0), "bart": (2, 8.0)}
+
+
+def build_seq2seq_dir(arch: str, directory):
+    """A tiny random T5 or BART saved with the tiny tokenizer (weights scaled per ``SEQ2SEQ_SEEDS``)."""
+    tokenizer = build_tokenizer()
+    seed, scale = SEQ2SEQ_SEEDS[arch]
+    model = build_seq2seq_model(arch, vocab_size=len(tokenizer), seed=seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "embed" not in name and "shared" not in name:
+                param.mul_(scale)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
