@@ -32,6 +32,7 @@ from workbench.analyses import (
     neuron_vocab,
     patching,
     patching_faithfulness,
+    patchscope,
     silent,
     sink_levels,
     tuned_lens,
@@ -95,6 +96,11 @@ class Workbench:
                         progress: Progress = _silent) -> tuned_lens.LensComparisonResult:
         """The linear shortcut (Din et al. 2023), fitted in closed form, against the logit lens."""
         return self.run(linear_shortcut.ANALYSIS, model_name, request, progress)
+
+    def patchscope(self, model_name: str, request: patchscope.PatchscopeRequest,
+                   progress: Progress = _silent) -> patchscope.PatchscopeResult:
+        """Patchscope (Ghandeharioun et al. 2024): source states decoded by the model in a target prompt."""
+        return self.run(patchscope.ANALYSIS, model_name, request, progress)
 
     def tuned_lens_trainer(self, model_name: str, config: tuned_lens.TunedLensConfig,
                            progress: Progress = _silent) -> LensTrainer:

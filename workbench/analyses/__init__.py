@@ -21,6 +21,7 @@ from workbench.analyses import (  # noqa: E402, I001 (after base: each module bu
     neuron_vocab,
     patching,
     patching_faithfulness,
+    patchscope,
     sink_levels,
     tuned_lens,
 )
@@ -50,4 +51,5 @@ ANALYSES: tuple[Analysis, ...] = (
     patching.ANALYSIS,
     patching_faithfulness.ANALYSIS,
     concept_depth.ANALYSIS,
+    patchscope.ANALYSIS,
 )
