@@ -288,19 +288,25 @@ def test_figures_show_the_grid_and_the_diagonal(workbench, arch_dirs):
 
 
 @pytest.mark.slow
-def test_smollm2_identity_patchscope_repeats_the_subject(workbench):
-    """SmolLM2-135M, source "The capital of France is" at " France", identity target prompt: at the
-    early slots, read at the same slot, the model repeats the subject (its state still is the
-    token); the diagonal of the last slot is the model's own prediction at " France"."""
+def test_smollm2_identity_patchscope_repeats_the_subject_and_reads_the_answer(workbench):
+    """SmolLM2-135M, "The capital of France is", the identity target prompt, target slot = source slot.
+    At " France", the early and middle slots (up to 13 of 30) still hold the token: the model answers the
+    identity pattern with " -> France". At " is", slot 26 (not the last) already holds the answer: it
+    decodes " Paris", as the model's own output (slot 30, read at slot 30) does. Measured on the bundled
+    Q4_1 weights: France at slots 0, 4, 9, 13 (not 17, 21); Paris at slots 26 and 30 (not 4 to 21)."""
     name = "smollm2-135m"
     model = workbench.model(name)
     prompt = "The capital of France is"
-    ids = prompts.encode(model, prompt, workbench.settings).ids
-    position = prompts.encode(model, prompt, workbench.settings).tokens.index(" France")
-    result = workbench.patchscope(name, PatchscopeRequest(prompt, source_position=position, n_tokens=4))
-    decoded = {int(result.source_slots[i]): str(result.decoded[i, j]) for i, j in result.diagonal()}
-    early = [decoded[s] for s in result.source_slots if s <= 9]
-    assert early and all(text.lstrip().startswith("France") for text in early), decoded
-    own = tracing.forward_logits(model, ids[: position + 1])[-1]
-    last = result.diagonal()[-1]
-    assert result.top_ids[last][0] == int(own.argmax())  # slot L read at slot L: the model's own top-1 there
+    encoded = prompts.encode(model, prompt, workbench.settings)
+    france = encoded.tokens.index(" France")
+    slots = (0, 4, 9, 13, 26, 30)
+    subject = workbench.patchscope(name, PatchscopeRequest(prompt, source_position=france, source_slots=slots,
+                                                           target_slots=slots, n_tokens=4))
+    on_subject = {int(subject.source_slots[i]): str(subject.decoded[i, j]) for i, j in subject.diagonal()}
+    assert all("-> France" in on_subject[s] for s in (0, 4, 9, 13)), on_subject
+    answer = workbench.patchscope(name, PatchscopeRequest(prompt, source_slots=slots, target_slots=slots, n_tokens=4))
+    on_answer = {int(answer.source_slots[i]): str(answer.decoded[i, j]) for i, j in answer.diagonal()}
+    assert on_answer[26].startswith(" Paris") and on_answer[30].startswith(" Paris"), on_answer
+    assert not any("Paris" in on_answer[s] for s in (0, 4, 9, 13)), on_answer  # the early states do not hold it
+    own = tracing.forward_logits(model, encoded.ids)[-1]
+    assert answer.top_ids[answer.diagonal()[-1]][0] == int(own.argmax())  # slot L read at slot L: the output

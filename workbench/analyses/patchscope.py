@@ -132,7 +132,8 @@ class PatchscopeResult:
             "top_probs": (n_src, n_tgt, k), "first_prob": (n_src, n_tgt), "own_top_ids": (k,),
             "own_top_tokens": (k,), "own_top_probs": (k,),
         })
-        if not (0 <= self.source_position < len(self.source_tokens) and 0 <= self.placeholder < len(self.target_tokens)):
+        inside = 0 <= self.source_position < len(self.source_tokens) and 0 <= self.placeholder < len(self.target_tokens)
+        if not inside:
             raise ValueError("PatchscopeResult: source position or placeholder outside its prompt")
 
     @property
@@ -329,7 +330,7 @@ def run(ctx, request: PatchscopeRequest, progress) -> PatchscopeResult:
         top_ids[rows], top_probs[rows] = top.indices, top.values.float()
         first_prob[rows] = probs.gather(1, ids[:, :1])[:, 0].float()
         decoded_ids[rows] = ids
-    progress(1.0, "Decoding the tokens")
+    progress(1.0, "Patchscope: all cells decoded")
 
     own = torch.softmax(own_logits.double(), dim=-1).topk(k)
     shape = (len(src_slots), len(tgt_slots))
