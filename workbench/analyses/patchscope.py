@@ -272,6 +272,7 @@ def next_token_logits(model: LoadedModel, source_ids: torch.Tensor, position: in
     The target is read up to the placeholder only (causal attention: later tokens cannot change it),
     in batches of slots."""
     n_layers = model.info.n_layers
+    model.hf_model  # noqa: B018 (RemoteUnsupported on NDIF, before the source trace is sent)
     position = resolve_position(position, len(source_ids), "source position")
     placeholder = resolve_position(placeholder, len(target_ids), "placeholder position")
     slots = [int(s) for s in slots]
@@ -298,6 +299,7 @@ def check(request: PatchscopeRequest, settings) -> None:
 
 def run(ctx, request: PatchscopeRequest, progress) -> PatchscopeResult:
     model = ctx.model
+    model.hf_model  # noqa: B018 (a model on NDIF has no weights here for the hooks: RemoteUnsupported, before any trace)
     n_layers = model.info.n_layers
     source, target = ctx.encode(request.prompt), ctx.encode(request.target_prompt)
     position = resolve_position(request.source_position, len(source.ids), "source position")
