@@ -20,6 +20,7 @@ from workbench.analyses.neuron_effect import NeuronEffectRequest
 from workbench.analyses.neuron_vocab import NeuronVocabRequest
 from workbench.analyses.patching import PatchingRequest
 from workbench.analyses.patching_faithfulness import FaithfulnessRequest
+from workbench.analyses.patchscope import PatchscopeRequest
 from workbench.analyses.sink_levels import SinkLevelsRequest
 from workbench.analyses.tuned_lens import LensComparisonRequest, TunedLensConfig
 
@@ -49,6 +50,7 @@ def examples() -> dict[str, object]:
         "patching": PatchingRequest(*PAIR),
         "patching_faithfulness": FaithfulnessRequest(n_pairs=2),
         "concept_depth": ConceptDepthRequest(factual.name, factual.texts, factual.labels),
+        "patchscope": PatchscopeRequest(PROMPT, n_tokens=2),
     }
 
 

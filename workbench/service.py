@@ -33,6 +33,7 @@ from workbench.analyses import (
     neuron_vocab,
     patching,
     patching_faithfulness,
+    patchscope,
     silent,
     sink_levels,
     tuned_lens,
@@ -102,6 +103,10 @@ class Workbench:
         """DecoderLens (Langedijk et al. 2024) on an encoder-decoder model (T5, BART): the decoder's greedy
         output from every encoder layer's states."""
         return self.run(decoder_lens.ANALYSIS, model_name, request, progress)
+    def patchscope(self, model_name: str, request: patchscope.PatchscopeRequest,
+                   progress: Progress = _silent) -> patchscope.PatchscopeResult:
+        """Patchscope (Ghandeharioun et al. 2024): source states decoded by the model in a target prompt."""
+        return self.run(patchscope.ANALYSIS, model_name, request, progress)
 
     def tuned_lens_trainer(self, model_name: str, config: tuned_lens.TunedLensConfig,
                            progress: Progress = _silent) -> LensTrainer:

@@ -22,6 +22,7 @@ from workbench.analyses import (  # noqa: E402, I001 (after base: each module bu
     neuron_vocab,
     patching,
     patching_faithfulness,
+    patchscope,
     sink_levels,
     tuned_lens,
 )
@@ -52,4 +53,5 @@ ANALYSES: tuple[Analysis, ...] = (
     patching_faithfulness.ANALYSIS,
     concept_depth.ANALYSIS,
     decoder_lens.ANALYSIS,
+    patchscope.ANALYSIS,
 )
