@@ -353,10 +353,10 @@ def _read_pairs_csv(data: bytes | str) -> list[tuple[int, PromptPair]]:
         raise BadRequest(f"The CSV is {len(data) / 2**20:.1f} MB; at most {PAIRS_CSV_MAX_BYTES / 2**20:.1f} MB "
                          f"({PAIRS_CSV_MAX_ROWS} pairs) is accepted. Sample it down.")
     stream = (io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="") if isinstance(data, bytes)
-              else io.StringIO(data, newline=""))
+              else io.StringIO(data.removeprefix("\ufeff"), newline=""))  # a BOM, as utf-8-sig drops it
     pairs: list[tuple[int, PromptPair]] = []
     try:
-        reader = csv.reader(stream)
+        reader = csv.reader(stream, strict=True)  # a broken quote is an error, not a swallowed file
         header = next(reader, None)
         if header is None:
             raise BadRequest("The CSV is empty; it needs the header clean,corrupted,answer,wrong and one pair a row.")
@@ -391,7 +391,7 @@ def _csv_row(line: int, row: list[str], where: dict[str, int]) -> PromptPair:
             raise BadRequest(f"Row {line} has an empty {column} cell; fill it in or remove the row.")
         limit = PAIRS_CSV_MAX_PROMPT_CHARS if column in ("clean", "corrupted") else PAIRS_CSV_MAX_ANSWER_CHARS
         if len(value) > limit:
-            raise BadRequest(f"Row {line} has a {column} cell of {len(value):,} characters; the limit is {limit:,}.")
+            raise BadRequest(f"Row {line}: the {column} cell has {len(value):,} characters; the limit is {limit:,}.")
         cells[column] = value
     if cells["answer"] == cells["wrong"]:
         raise BadRequest(f"Row {line}: the answer and the wrong answer are the same ({_excerpt(cells['answer'])}).")
