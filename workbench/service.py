@@ -38,11 +38,12 @@ from workbench.analyses import (
 )
 from workbench.config import Settings, load_settings
 from workbench.errors import BadRequest
+from workbench.lens_fitting import FitConfig, FitStatus, FittedLens
 from workbench.lens_training import LensTrainer, TrainingStatus, checkpoint_path, saved_status
 from workbench.models import catalog
 from workbench.models.catalog import LocalModel
 from workbench.models.loader import LoadedModel
-from workbench.runtime import Runtime
+from workbench.runtime import Context, Runtime
 from workbench.store import Store
 
 _silent = silent
@@ -122,6 +123,28 @@ class Workbench:
         if trainer is not None:
             return trainer.status()
         return saved_status(checkpoint_path(self.settings.cache_dir, local.digest, config))
+
+    # ------------------------------------------------------------------ fitted lenses (lens_fitting)
+
+    def start_lens_fit(self, model_name: str, config: FitConfig, progress: Progress = _silent) -> FitStatus:
+        """Fit ``config``'s lens (linear shortcut or Jacobian lens) in the background, unless it is
+        stored already or being fitted; the status says which."""
+        return self.runtime.fits.job(self.model(model_name, progress), config).start()
+
+    def stop_lens_fit(self, model_name: str, config: FitConfig) -> FitStatus:
+        """Stop a running fit of ``config``'s lens (it stores nothing); the status after it."""
+        job = self.runtime.fits.existing(self.local_model(model_name).digest, config)
+        if job is None:
+            return self.lens_fit_status(model_name, config)
+        return job.stop(wait=True)
+
+    def lens_fit_status(self, model_name: str, config: FitConfig) -> FitStatus:
+        """The running fit's status, else what the store holds (no model is loaded for that)."""
+        return self.runtime.fits.status(self.local_model(model_name).digest, config)
+
+    def fitted_lens(self, model_name: str, config: FitConfig, progress: Progress = _silent) -> FittedLens:
+        """The stored lens of ``config``, else the running fit's once it ends, else fitted now and stored."""
+        return Context(self.runtime, self.local_model(model_name, progress), model_name).fitted_lens(config, progress)
 
     def compare_lenses(
         self, model_name: str, prompt: str, target: str = "", config: tuned_lens.TunedLensConfig | None = None,
