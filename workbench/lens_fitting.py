@@ -181,28 +181,30 @@ def _all_slots(_unembed, states, _real):
     return torch.stack(states, dim=1)
 
 
+def residual_streams(model, chunks: list[torch.Tensor], progress: Progress = _silent, what: str = "Fitting",
+                     counter: list[int] | None = None):
+    """The residual streams (slot, positions, d_model) of ``chunks``, ``LINEAR_BATCH`` equal-length chunks
+    per forward pass, the first position of every chunk (an attention sink) left out, as in
+    tuned-lens training; ``counter[0]`` adds up the positions yielded."""
+    done = 0
+    for length in sorted({len(c) for c in chunks}):
+        same = [c for c in chunks if len(c) == length]
+        for start in range(0, len(same), LINEAR_BATCH):
+            batch = torch.stack(same[start:start + LINEAR_BATCH])
+            progress(done / len(chunks), f"{what}: chunks {done + 1}-{done + len(batch)} of {len(chunks)}")
+            states = tracing.reduce_slots_batch(model, batch.tolist(), _all_slots)[:, :, 1:]  # no sink position
+            done += len(batch)
+            if counter is not None:
+                counter[0] += states.shape[0] * states.shape[2]
+            yield states.transpose(0, 1).reshape(states.shape[1], -1, states.shape[-1])
+
+
 def fit_linear(model, config: FitConfig, progress: Progress = _silent) -> tuple[AffineLens, int]:
-    """The linear shortcut on the config's chunks, ``LINEAR_BATCH`` chunks per forward pass; the first
-    position of every chunk (an attention sink) is left out, as in tuned-lens training."""
-    chunks = fit_chunks(model, config)
-    tokens = 0
-
-    def streams():
-        nonlocal tokens
-        done = 0
-        for length in sorted({len(c) for c in chunks}):
-            same = [c for c in chunks if len(c) == length]
-            for start in range(0, len(same), LINEAR_BATCH):
-                batch = torch.stack(same[start:start + LINEAR_BATCH])
-                progress(done / len(chunks),
-                         f"Fitting the linear shortcuts: chunks {done + 1}-{done + len(batch)} of {len(chunks)}")
-                states = tracing.reduce_slots_batch(model, batch.tolist(), _all_slots)[:, :, 1:]  # no sink position
-                done += len(batch)
-                tokens += states.shape[0] * states.shape[2]
-                yield states.transpose(0, 1).reshape(states.shape[1], -1, states.shape[-1])
-
-    lens = fit_linear_shortcut(streams(), model.info.n_layers + 1, model.info.d_model)
-    return lens, tokens
+    """The linear shortcut on the config's chunks (``residual_streams``)."""
+    tokens = [0]
+    streams = residual_streams(model, fit_chunks(model, config), progress, "Fitting the linear shortcuts", tokens)
+    lens = fit_linear_shortcut(streams, model.info.n_layers + 1, model.info.d_model)
+    return lens, tokens[0]
 
 
 def fit_jacobian(model, config: FitConfig, progress: Progress = _silent) -> tuple[AffineLens, int]:

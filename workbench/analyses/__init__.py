@@ -21,6 +21,7 @@ from workbench.analyses import (  # noqa: E402, I001 (after base: each module bu
     neuron_vocab,
     patching,
     patching_faithfulness,
+    shortcut_grid,
     sink_levels,
     tuned_lens,
 )
@@ -38,6 +39,7 @@ ANALYSES: tuple[Analysis, ...] = (
     logit_lens.ANALYSIS,
     tuned_lens.ANALYSIS,
     linear_shortcut.ANALYSIS,
+    shortcut_grid.ANALYSIS,
     latent_language.ANALYSIS,
     depth_use.ANALYSIS,
     attention_sinks.ANALYSIS,
