@@ -3,6 +3,7 @@ one skipped block equals ``tracing.skip_layers``, the last column is the logit l
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 
@@ -141,7 +142,20 @@ def test_figures_draw_both_panels_and_keep_the_name_plain(workbench, tiny_dirs):
         fig = shortcut_grid.ANALYSIS.figure(name, result)
         assert len(fig.data) == 2 and all(trace.type == "heatmap" for trace in fig.data)
         assert np.array(fig.data[0].customdata, dtype=float).shape == result.kl_map.shape
-    import dataclasses
-
     hostile = dataclasses.replace(result, model_name="<a href='x'>m</a>")
     assert "<a href" not in shortcut_grid.ANALYSIS.figure("kl", hostile).layout.title.text
+
+
+def test_the_grid_section_of_the_tuned_lens_page(app, tiny_dirs):
+    from tests.page_helpers import decode_plotly, open_page
+
+    at = open_page(app, "app_pages/tuned_lens.py", str(tiny_dirs["llama"]))
+    at.number_input(key="sg_fit").set_value(8)
+    at.number_input(key="sg_eval").set_value(1)
+    at.button(key="FormSubmitter:sg_form-Fit and evaluate").click().run()
+    assert not at.exception and not at.error
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    grid = next(c for c in charts if "KL to the model's output" in c["layout"]["title"]["text"])
+    mapped = decode_plotly(grid["data"][0]["customdata"])
+    assert mapped.shape == (4, 4) and np.isnan(mapped[np.tril_indices(4)]).all()
+    assert (mapped[np.triu_indices(4, 1)] > 0).all()
