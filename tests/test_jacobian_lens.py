@@ -135,3 +135,30 @@ def test_positions_skip_the_sinks_and_the_last_token():
     assert short.nonzero()[:, 0].tolist() == [4, 5, 6, 7]
     with pytest.raises(ValueError):
         lenses.jacobian_positions(1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_real_model_jacobian_identity_finite_differences_and_logits(workbench, name):
+    """On the real models (d_model 576 / 640): J_L = I, one column of J_l at a middle slot agrees with
+    finite differences on one token, and the lens's last slot is the model's output."""
+    model = workbench.model(name)
+    ids = prompts.encode(model, "The capital of France is", workbench.settings).ids
+    position = len(ids) - 1
+    only = torch.zeros(len(ids), dtype=torch.bool)
+    only[position] = True
+    jac = lenses.slot_jacobians(model, ids, only, dim_batch=32)
+    d = model.info.d_model
+    torch.testing.assert_close(jac[-1], torch.eye(d), rtol=0, atol=0)
+    slot, eps = model.info.n_layers // 2, 1e-2
+    for j in (0, d // 3):
+        e = torch.zeros(d)
+        e[j] = eps
+        up, down = _final_state(model, ids, slot, position, e), _final_state(model, ids, slot, position, -e)
+        fd = (up - down) / (2 * eps)
+        scale = float(fd.abs().max())
+        assert scale > 1e-3
+        torch.testing.assert_close(jac[slot][:, j].double(), fd, rtol=0, atol=0.02 * scale)
+    trace = tracing.residual_stream(model, ids)
+    logits = lenses.lens_logits(model, lenses.jacobian_lens(jac), trace.resid)
+    torch.testing.assert_close(logits[-1], trace.logits, rtol=0, atol=1e-3)

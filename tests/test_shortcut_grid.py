@@ -159,3 +159,18 @@ def test_the_grid_section_of_the_tuned_lens_page(app, tiny_dirs):
     mapped = decode_plotly(grid["data"][0]["customdata"])
     assert mapped.shape == (4, 4) and np.isnan(mapped[np.tril_indices(4)]).all()
     assert (mapped[np.triu_indices(4, 1)] > 0).all()
+
+
+@pytest.mark.slow
+def test_real_model_grid_beats_skipping_and_ends_at_the_logit_lens(workbench):
+    """SmolLM2 (30 blocks, every 4th slot): the fitted maps keep more of the output than skipping the
+    same blocks, and the skip column at the last slot is the logit lens."""
+    request = ShortcutGridRequest(fit_chunks=24, eval_chunks=1)
+    result = workbench.shortcut_grid("smollm2-135m", request)
+    assert result.slots.tolist() == [0, 4, 8, 12, 16, 20, 24, 28, 30]
+    upper = np.triu(np.ones_like(result.kl_map, dtype=bool), 1)
+    assert (result.kl_map[upper] < result.kl_skip[upper]).mean() > 0.8  # the map helps on most pairs
+    assert np.nanmean(result.top1_map) > np.nanmean(result.top1_skip)
+    lens = workbench.linear_shortcut("smollm2-135m", LinearShortcutRequest("The capital of France is", eval_chunks=1))
+    np.testing.assert_allclose(result.kl_skip[:-1, -1], lens.kl_logit[result.slots[:-1]], rtol=1e-4)
+    np.testing.assert_allclose(result.kl_map[:-1, -1], lens.kl_tuned[result.slots[:-1]], rtol=2e-2)

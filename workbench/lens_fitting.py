@@ -44,7 +44,7 @@ MAX_FIT_CHUNKS = 512
 MAX_JACOBIAN_CHUNKS = 64  # each costs d_model / dim_batch backward passes
 LINEAR_BATCH = 8  # fitting chunks per forward pass of the linear shortcut
 JACOBIAN_DIM_BATCH = 16  # output dimensions per backward pass of the Jacobian lens
-JACOBIAN_DEFAULT_CHUNKS = 4  # SmolLM2: about 25 CPU seconds per 64-token chunk on one thread (bench)
+JACOBIAN_DEFAULT_CHUNKS = 2  # SmolLM2: about 200 CPU seconds per 64-token chunk on one thread (bench)
 
 Progress = Callable[[float | None, str], None]
 

@@ -32,6 +32,7 @@ from workbench.analyses import (
     neuron_vocab,
     patching,
     patching_faithfulness,
+    shortcut_grid,
     silent,
     sink_levels,
     tuned_lens,
@@ -96,6 +97,11 @@ class Workbench:
                         progress: Progress = _silent) -> tuned_lens.LensComparisonResult:
         """The linear shortcut (Din et al. 2023), fitted in closed form, against the logit lens."""
         return self.run(linear_shortcut.ANALYSIS, model_name, request, progress)
+
+    def shortcut_grid(self, model_name: str, request: shortcut_grid.ShortcutGridRequest,
+                      progress: Progress = _silent) -> shortcut_grid.ShortcutGridResult:
+        """Maps between layers (Din et al. 2023) against skipping the blocks they replace."""
+        return self.run(shortcut_grid.ANALYSIS, model_name, request, progress)
 
     def tuned_lens_trainer(self, model_name: str, config: tuned_lens.TunedLensConfig,
                            progress: Progress = _silent) -> LensTrainer:
