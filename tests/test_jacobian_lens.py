@@ -150,15 +150,16 @@ def test_real_model_jacobian_identity_finite_differences_and_logits(workbench, n
     jac = lenses.slot_jacobians(model, ids, only, dim_batch=32)
     d = model.info.d_model
     torch.testing.assert_close(jac[-1], torch.eye(d), rtol=0, atol=0)
-    slot, eps = model.info.n_layers // 2, 1e-2
+    # |h_L| reaches ~400 (SmolLM2): float32 rounding dominates a small step (column error 4% at
+    # eps 3e-3, 0.05% at 0.3, falling as 1 / eps), so the step is large and compared as a vector
+    slot, eps = model.info.n_layers // 2, 0.3
     for j in (0, d // 3):
         e = torch.zeros(d)
         e[j] = eps
         up, down = _final_state(model, ids, slot, position, e), _final_state(model, ids, slot, position, -e)
         fd = (up - down) / (2 * eps)
-        scale = float(fd.abs().max())
-        assert scale > 1e-3
-        torch.testing.assert_close(jac[slot][:, j].double(), fd, rtol=0, atol=0.02 * scale)
+        assert fd.norm() > 1e-2
+        assert (jac[slot][:, j].double() - fd).norm() / fd.norm() < 0.01
     trace = tracing.residual_stream(model, ids)
     logits = lenses.lens_logits(model, lenses.jacobian_lens(jac), trace.resid)
     torch.testing.assert_close(logits[-1], trace.logits, rtol=0, atol=1e-3)
