@@ -44,7 +44,9 @@ MAX_FIT_CHUNKS = 512
 MAX_JACOBIAN_CHUNKS = 64  # each costs d_model / dim_batch backward passes
 LINEAR_BATCH = 8  # fitting chunks per forward pass of the linear shortcut
 JACOBIAN_DIM_BATCH = 16  # output dimensions per backward pass of the Jacobian lens
-JACOBIAN_DEFAULT_CHUNKS = 2  # SmolLM2: about 200 CPU seconds per 64-token chunk on one thread (bench)
+JACOBIAN_DEFAULT_CHUNKS = 2  # SmolLM2, one thread: 309 CPU s for 2 x 64 tokens (bench_lens_fitting), vs 11 s
+# for the linear shortcut's 24 x 64; held-out mean KL over slots: logit lens 16.9, Jacobian lens 7.7,
+# linear shortcut 2.2 nats (top-1 agreement 0.16, 0.12, 0.36)
 
 Progress = Callable[[float | None, str], None]
 
