@@ -5,8 +5,9 @@ import dataclasses
 import streamlit as st
 
 import ui
-from workbench.analyses import linear_shortcut
+from workbench.analyses import linear_shortcut, shortcut_grid
 from workbench.analyses.linear_shortcut import LinearShortcutRequest
+from workbench.analyses.shortcut_grid import ShortcutGridRequest
 from workbench.analyses.tuned_lens import ANALYSIS, LensComparisonRequest, TunedLensConfig
 from workbench.export import FigureSource
 from workbench.figures.tuned_lens import loss_curve
@@ -50,6 +51,25 @@ if shortcut is not None:
     live.empty()
     ui.chart(linear_shortcut.ANALYSIS, "held_out", shortcut, key="ls_held_out")
     ui.chart(linear_shortcut.ANALYSIS, "trajectory", shortcut, key="ls_trajectory")
+
+st.subheader("Shortcuts between layers")
+st.caption("Din et al. (2023): for a source layer l and a later target layer l', one affine map fitted in closed form "
+           "replaces blocks l to l'-1; the model's own forward continues from l'. Each cell is the held-out KL to the "
+           "model's output (and top-1 agreement), beside simply skipping those blocks. A stride picks the layers "
+           "(0: about nine of them).")
+grid_form = ui.RequestForm("sg", ShortcutGridRequest(),
+                           names={"fit_chunks": "fit", "eval_chunks": "eval", "chunk_tokens": "chunk"},
+                           bounds={"fit_chunks": (8, 512), "eval_chunks": (1, 16), "chunk_tokens": (16, 512),
+                                   "stride": (0, 64)})
+with grid_form.box("sg_form", "Fit and evaluate"):
+    cols = st.columns(3)
+    cols[0].number_input("Fitting chunks", 8, 512, step=8, key=grid_form.key("fit_chunks"))
+    cols[1].number_input("Held-out chunks", 1, 16, key=grid_form.key("eval_chunks"))
+    cols[2].number_input("Layer stride (0: automatic)", 0, 64, key=grid_form.key("stride"))
+grid = grid_form.run(shortcut_grid.ANALYSIS, "Press **Fit and evaluate** for the grid of shortcuts between layers.")
+if grid is not None:
+    ui.chart(shortcut_grid.ANALYSIS, "kl", grid, key="sg_kl")
+    ui.chart(shortcut_grid.ANALYSIS, "top1", grid, key="sg_top1")
 
 st.subheader("Trained: the tuned lens")
 config_form = ui.RequestForm("tl", TunedLensConfig(), names={"chunk_tokens": "chunk"}, state="config",

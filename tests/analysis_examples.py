@@ -21,6 +21,7 @@ from workbench.analyses.neuron_vocab import NeuronVocabRequest
 from workbench.analyses.patching import PatchingRequest
 from workbench.analyses.patching_faithfulness import FaithfulnessRequest
 from workbench.analyses.patchscope import PatchscopeRequest
+from workbench.analyses.shortcut_grid import ShortcutGridRequest
 from workbench.analyses.sink_levels import SinkLevelsRequest
 from workbench.analyses.tuned_lens import LensComparisonRequest, TunedLensConfig
 
@@ -51,6 +52,7 @@ def examples() -> dict[str, object]:
         "patching_faithfulness": FaithfulnessRequest(n_pairs=2),
         "concept_depth": ConceptDepthRequest(factual.name, factual.texts, factual.labels),
         "patchscope": PatchscopeRequest(PROMPT, n_tokens=2),
+        "shortcut_grid": ShortcutGridRequest(chunk_tokens=16, fit_chunks=8, eval_chunks=1),
     }
 
 

@@ -14,11 +14,12 @@ ends) for others, then all run in one ``run_batch`` call (one padded forward); e
 its own result or its own error, and reports progress from its own thread.
 
 and ``Context``, what an analysis's ``run`` gets: its model (loaded on first use), the settings,
-cached activation sets, other analyses' results on the same model (each cached on its own) and
-the tuned-lens trainers. An analysis that reads an encoder-decoder model (the DecoderLens) asks for
-``ctx.encoder_decoder_model`` instead of ``ctx.model`` (which refuses such models for every other analysis);
-the runtime loads each one once (``loader.load_encoder_decoder``). Only complete results are stored: a run
-that raises (or is cancelled through its progress callback) leaves nothing behind.
+cached activation sets, other analyses' results on the same model (each cached on its own), the
+tuned-lens trainers and the fitted lenses (``lens_fitting.FitPool``: stored once, reused by every
+session, fitted in the background or on first use). An analysis that reads an encoder-decoder model (the
+DecoderLens) asks for ``ctx.encoder_decoder_model`` instead of ``ctx.model`` (which refuses such models for
+every other analysis); the runtime loads each one once (``loader.load_encoder_decoder``). Only complete
+results are stored: a run that raises (or is cancelled through its progress callback) leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from workbench import prompts
 from workbench.analyses.base import Analysis, Progress, request_digest, request_json, silent
 from workbench.config import Settings
 from workbench.errors import WorkbenchError
+from workbench.lens_fitting import FitConfig, FitPool, FittedLens
 from workbench.lens_training import TrainerPool
 from workbench.models import catalog, loader
 from workbench.models.catalog import LocalModel
@@ -45,13 +47,14 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    """One per process: the store, the model pool and the trainer pool."""
+    """One per process: the store, the model pool, the trainer pool and the fitted-lens pool."""
 
     def __init__(self, settings: Settings, store: Store):
         self.settings = settings
         self.store = store
         self.pool = ModelPool(settings)
         self.trainers = TrainerPool(settings)
+        self.fits = FitPool(settings)
         self.batcher = Batcher(settings.batch_window_ms / 1000.0, settings.batch_max)
         self._encoder_decoders: dict[str, LoadedEncoderDecoder] = {}  # by catalog identity, loaded once
         self._encoder_decoder_lock = threading.Lock()
@@ -150,6 +153,12 @@ class Context:
     def trainer(self, config, progress: Progress = silent):
         """The (one per process) tuned-lens trainer of ``config`` for this model."""
         return self.runtime.trainers.trainer(self.runtime.pool.load(self.model_name, progress), config)
+
+    def fitted_lens(self, config: FitConfig, progress: Progress = silent) -> FittedLens:
+        """The stored fitted lens of ``config`` for this model; else, if a fit of it is running (a
+        background job or another session), that fit's lens once it ends (its progress relayed);
+        else one fitted now in this thread and stored. ``progress`` may raise to cancel."""
+        return self.runtime.fits.fitted(self.runtime.pool.load(self.model_name, progress), config, progress)
 
 
 # ------------------------------------------------------------------------------ batching

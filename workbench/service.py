@@ -34,17 +34,19 @@ from workbench.analyses import (
     patching,
     patching_faithfulness,
     patchscope,
+    shortcut_grid,
     silent,
     sink_levels,
     tuned_lens,
 )
 from workbench.config import Settings, load_settings
 from workbench.errors import BadRequest
+from workbench.lens_fitting import FitConfig, FitStatus, FittedLens
 from workbench.lens_training import LensTrainer, TrainingStatus, checkpoint_path, saved_status
 from workbench.models import catalog
 from workbench.models.catalog import LocalModel
 from workbench.models.loader import LoadedModel
-from workbench.runtime import Runtime
+from workbench.runtime import Context, Runtime
 from workbench.store import Store
 
 _silent = silent
@@ -103,10 +105,16 @@ class Workbench:
         """DecoderLens (Langedijk et al. 2024) on an encoder-decoder model (T5, BART): the decoder's greedy
         output from every encoder layer's states."""
         return self.run(decoder_lens.ANALYSIS, model_name, request, progress)
+
     def patchscope(self, model_name: str, request: patchscope.PatchscopeRequest,
                    progress: Progress = _silent) -> patchscope.PatchscopeResult:
         """Patchscope (Ghandeharioun et al. 2024): source states decoded by the model in a target prompt."""
         return self.run(patchscope.ANALYSIS, model_name, request, progress)
+
+    def shortcut_grid(self, model_name: str, request: shortcut_grid.ShortcutGridRequest,
+                      progress: Progress = _silent) -> shortcut_grid.ShortcutGridResult:
+        """Maps between layers (Din et al. 2023) against skipping the blocks they replace."""
+        return self.run(shortcut_grid.ANALYSIS, model_name, request, progress)
 
     def tuned_lens_trainer(self, model_name: str, config: tuned_lens.TunedLensConfig,
                            progress: Progress = _silent) -> LensTrainer:
@@ -134,6 +142,28 @@ class Workbench:
         if trainer is not None:
             return trainer.status()
         return saved_status(checkpoint_path(self.settings.cache_dir, local.digest, config))
+
+    # ------------------------------------------------------------------ fitted lenses (lens_fitting)
+
+    def start_lens_fit(self, model_name: str, config: FitConfig, progress: Progress = _silent) -> FitStatus:
+        """Fit ``config``'s lens (linear shortcut or Jacobian lens) in the background, unless it is
+        stored already or being fitted; the status says which."""
+        return self.runtime.fits.job(self.model(model_name, progress), config).start()
+
+    def stop_lens_fit(self, model_name: str, config: FitConfig) -> FitStatus:
+        """Stop a running fit of ``config``'s lens (it stores nothing); the status after it."""
+        job = self.runtime.fits.existing(self.local_model(model_name).digest, config)
+        if job is None:
+            return self.lens_fit_status(model_name, config)
+        return job.stop(wait=True)
+
+    def lens_fit_status(self, model_name: str, config: FitConfig) -> FitStatus:
+        """The running fit's status, else what the store holds (no model is loaded for that)."""
+        return self.runtime.fits.status(self.local_model(model_name).digest, config)
+
+    def fitted_lens(self, model_name: str, config: FitConfig, progress: Progress = _silent) -> FittedLens:
+        """The stored lens of ``config``, else the running fit's once it ends, else fitted now and stored."""
+        return Context(self.runtime, self.local_model(model_name, progress), model_name).fitted_lens(config, progress)
 
     def compare_lenses(
         self, model_name: str, prompt: str, target: str = "", config: tuned_lens.TunedLensConfig | None = None,

@@ -23,6 +23,7 @@ from workbench.analyses import (  # noqa: E402, I001 (after base: each module bu
     patching,
     patching_faithfulness,
     patchscope,
+    shortcut_grid,
     sink_levels,
     tuned_lens,
 )
@@ -40,6 +41,7 @@ ANALYSES: tuple[Analysis, ...] = (
     logit_lens.ANALYSIS,
     tuned_lens.ANALYSIS,
     linear_shortcut.ANALYSIS,
+    shortcut_grid.ANALYSIS,
     latent_language.ANALYSIS,
     depth_use.ANALYSIS,
     attention_sinks.ANALYSIS,

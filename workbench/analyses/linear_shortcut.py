@@ -5,7 +5,9 @@ Transformations": for every residual slot ``l`` below the last, the affine map `
 that best predicts the last slot ``h_L`` in least squares over a text corpus's hidden states,
 decoded through the model's own final norm and unembedding (``lenses.fit_linear_shortcut``). It
 needs no training loop: one forward pass per eight fitting chunks (``tracing.reduce_slots_batch``)
-and one linear solve per slot.
+and one linear solve per slot. The fitted maps are stored and reused across sessions
+(``lens_fitting``, through ``ctx.fitted_lens``): a second request with another prompt or held-out
+size on the same corpus settings loads them instead of fitting again.
 
 Compared with the logit lens exactly as the tuned lens is (``tuned_lens.compare``): on held-out
 text, per slot, KL to the final distribution, top-1 agreement and the next token's perplexity;
@@ -19,17 +21,17 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench import prompts, tracing
+from workbench import lens_fitting, prompts, tracing
 from workbench.analyses.base import Analysis
 from workbench.analyses.tuned_lens import LensComparisonResult, compare, corpus_chunks
 from workbench.corpus import CORPORA
 from workbench.errors import BadRequest
-from workbench.lenses import fit_linear_shortcut
+from workbench.lens_fitting import FitConfig
 
 NAME = "linear_shortcut"
 VERSION = 3  # 2: byte tokens shown as <0x..>; 3: ridge toward the identity
-MAX_FIT_CHUNKS = 512
-BATCH = 8  # fitting chunks per forward pass
+MAX_FIT_CHUNKS = lens_fitting.MAX_FIT_CHUNKS
+BATCH = lens_fitting.LINEAR_BATCH  # fitting chunks per forward pass
 FIT_SHARE = 0.7  # of the progress bar
 
 
@@ -53,32 +55,17 @@ class LinearShortcutRequest:
             raise BadRequest("eval_chunks must be between 1 and 64.")
 
 
-def _all_slots(_unembed, states, _real):
-    """Every residual slot, (batch, slot, seq, d_model), for ``tracing.reduce_slots_batch``: the
-    fitting chunks have equal lengths, so no position is padding."""
-    return torch.stack(states, dim=1)
+_all_slots = lens_fitting._all_slots  # (kept importable from here)
+
+
+def fit_config(request: LinearShortcutRequest) -> FitConfig:
+    """The stored lens a request uses: its corpus settings only (prompt and held-out size aside)."""
+    return FitConfig("linear_shortcut", request.corpus, request.chunk_tokens, request.fit_chunks)
 
 
 def fit(model, request: LinearShortcutRequest, progress=lambda f, m: None):
-    """The fitted ``AffineLens`` of ``model`` on the request's corpus chunks, read ``BATCH`` chunks per
-    forward pass (equal lengths, so no padding)."""
-    chunks = corpus_chunks(model, request.corpus, "train", request.chunk_tokens, request.fit_chunks)
-    if not chunks:
-        raise BadRequest("The fitting corpus produced no chunks; use a shorter chunk_tokens.")
-
-    def streams():
-        done = 0
-        for length in sorted({len(c) for c in chunks}):
-            same = [c for c in chunks if len(c) == length]
-            for start in range(0, len(same), BATCH):
-                batch = torch.stack(same[start:start + BATCH])
-                progress(FIT_SHARE * done / len(chunks),
-                         f"Fitting the linear shortcuts: chunks {done + 1}-{done + len(batch)} of {len(chunks)}")
-                states = tracing.reduce_slots_batch(model, batch.tolist(), _all_slots)[:, :, 1:]  # no sink position
-                done += len(batch)
-                yield states.transpose(0, 1).reshape(states.shape[1], -1, states.shape[-1])
-
-    return fit_linear_shortcut(streams(), model.info.n_layers + 1, model.info.d_model)
+    """The fitted ``AffineLens`` of ``model`` on the request's corpus chunks, fitted now (not stored)."""
+    return lens_fitting.fit(model, fit_config(request), progress).lens
 
 
 def check(request: LinearShortcutRequest, settings) -> None:
@@ -89,7 +76,11 @@ def run(ctx, request: LinearShortcutRequest, progress) -> LensComparisonResult:
     model = ctx.model
     encoded = ctx.encode(request.prompt)
     target_id = prompts.single_token_id(model, request.target) if request.target else None
-    lens = fit(model, request, progress)
+
+    def fit_progress(fraction, message):
+        progress(None if fraction is None else FIT_SHARE * fraction, message)
+
+    lens = ctx.fitted_lens(fit_config(request), fit_progress).lens
     held_out = corpus_chunks(model, request.corpus, "heldout", request.chunk_tokens, request.eval_chunks)
 
     def compare_progress(fraction, message):
