@@ -17,6 +17,7 @@ page = st.navigation(
         st.Page("app_pages/home.py", title="Home", default=True),
         st.Page("app_pages/logit_lens.py", title="Logit lens", url_path="logit_lens"),
         st.Page("app_pages/attention_sinks.py", title="Attention sinks", url_path="attention_sinks"),
+        st.Page("app_pages/lens_comparison.py", title="Lens comparison", url_path="lens_comparison"),
         st.Page("app_pages/tuned_lens.py", title="Tuned lens", url_path="tuned_lens"),
         st.Page("app_pages/latent_language.py", title="Latent language", url_path="latent_language"),
         st.Page("app_pages/decoder_lens.py", title="DecoderLens", url_path="decoder_lens"),

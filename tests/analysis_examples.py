@@ -12,6 +12,7 @@ from workbench.analyses.concept_depth import ConceptDepthRequest
 from workbench.analyses.decoder_lens import DecoderLensRequest
 from workbench.analyses.depth_use import DepthUseRequest
 from workbench.analyses.latent_language import LatentLanguageRequest
+from workbench.analyses.lens_comparison import LensComparisonRequest as AllLensesRequest
 from workbench.analyses.linear_shortcut import LinearShortcutRequest
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.analyses.neuron_classes import NeuronClassRequest
@@ -53,6 +54,7 @@ def examples() -> dict[str, object]:
         "concept_depth": ConceptDepthRequest(factual.name, factual.texts, factual.labels),
         "patchscope": PatchscopeRequest(PROMPT, n_tokens=2),
         "shortcut_grid": ShortcutGridRequest(chunk_tokens=16, fit_chunks=8, eval_chunks=1),
+        "lens_comparison": AllLensesRequest(PROMPT, chunk_tokens=32, eval_chunks=1),
     }
 
 

@@ -124,3 +124,23 @@ def test_patching_shows_atp_and_relp_before_activation_patching_finishes(server,
     expect(filling).to_have_count(0)
     assert charts.count() == 4  # the final maps: resid, attn, mlp, heads
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_lens_comparison_rows_are_lenses_in_browser(server, page):
+    """On the default model: logit lens, linear shortcut (fitted on first use, then stored) and Patchscope
+    side by side, held-out quality and fitting cost drawn, the fitted lens then shown as stored."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/lens_comparison?lc_lenses=logit&lc_lenses=linear_shortcut&lc_lenses=patchscope&lc_eval=1")
+    page.wait_for_selector(IDLE, timeout=60_000)
+    page.get_by_role("button", name="Compare lenses").click()
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    expect(charts).to_have_count(3, timeout=400_000)  # grid, held-out, fitting cost
+    page.wait_for_selector(IDLE, timeout=240_000)
+    grid = " ".join(charts.first.locator("svg").all_text_contents())
+    assert "Every lens on the same states" in grid
+    assert "logit lens" in grid and "linear shortcut" in grid and "Patchscope" in grid
+    held_out = " ".join(charts.nth(1).locator("svg").all_text_contents())
+    assert "not measured on held-out text: Patchscope" in held_out
+    expect(page.get_by_text("linear shortcut: stored")).to_be_visible(timeout=30_000)
+    assert page.locator('[data-testid="stException"]').count() == 0

@@ -13,6 +13,8 @@ names and signatures, and the request and result types, are kept stable.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -25,6 +27,7 @@ from workbench.analyses import (
     decoder_lens,
     depth_use,
     latent_language,
+    lens_comparison,
     linear_shortcut,
     logit_lens,
     neuron_classes,
@@ -268,3 +271,16 @@ class Workbench:
             return self.runtime.activations(model.digest, site, digest, compute)
 
         return concept_depth.features(model, request, self.settings, activations, progress, batch_size)
+
+    def lens_comparison(self, model_name: str, request: lens_comparison.LensComparisonRequest,
+                        progress: Progress = _silent) -> lens_comparison.LensComparisonResult:
+        """Every lens side by side on one prompt and on held-out text. A request naming the tuned lens is
+        compared at the step it is trained to now (``tuned_step`` filled in)."""
+        if "tuned" in request.lenses:
+            config = tuned_lens.TunedLensConfig(request.corpus, request.chunk_tokens)
+            step = self.tuned_lens_trainer(model_name, config, progress).snapshot()[1]
+            if step == 0:
+                raise BadRequest("The tuned lens has not been trained for this model yet: train it on the Tuned "
+                                 "lens page first, or leave it out.")
+            request = dataclasses.replace(request, tuned_step=step)
+        return self.run(lens_comparison.ANALYSIS, model_name, request, progress)
