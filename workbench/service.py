@@ -23,6 +23,7 @@ from workbench.analyses import (
     attention_sinks,
     concept_depth,
     depth_use,
+    future_lens,
     latent_language,
     linear_shortcut,
     logit_lens,
@@ -95,6 +96,11 @@ class Workbench:
                         progress: Progress = _silent) -> tuned_lens.LensComparisonResult:
         """The linear shortcut (Din et al. 2023), fitted in closed form, against the logit lens."""
         return self.run(linear_shortcut.ANALYSIS, model_name, request, progress)
+
+    def future_lens(self, model_name: str, request: future_lens.FutureLensRequest,
+                    progress: Progress = _silent, on_partial=None) -> future_lens.FutureLensResult:
+        """The linear future lens (Pal et al. 2023): tokens t+1..t+3 predicted from one state h_l(t)."""
+        return self.run(future_lens.ANALYSIS, model_name, request, progress, on_partial)
 
     def tuned_lens_trainer(self, model_name: str, config: tuned_lens.TunedLensConfig,
                            progress: Progress = _silent) -> LensTrainer:
