@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -242,6 +244,29 @@ def test_requests_are_checked_and_survive_the_json_round_trip(workbench, tiny_di
     with pytest.raises(BadPrompt, match="empty"):
         workbench.future_lens(str(tiny_dirs["llama"]), dataclasses.replace(SMALL, prompt=" "))
     assert workbench.store.count_results() == 0
+
+
+def test_figures_show_a_hostile_model_name_as_text(workbench, tiny_dirs, tmp_path):
+    hostile = '<a href="http:evil.example">click'  # a directory name is all a figure shows of a path
+    shutil.copytree(tiny_dirs["llama"], tmp_path / hostile)
+    result = workbench.future_lens(str(tmp_path / hostile), dataclasses.replace(SMALL, fit_chunks=2, eval_chunks=1))
+    assert result.model_name == hostile
+    for figure in future_lens.ANALYSIS.figures:
+        fig = future_lens.ANALYSIS.figure(figure, result)
+        strings = list(_strings(json.loads(fig.to_json())))
+        assert not [t for t in strings if re.search(r"</?a[\s>]", t, re.I)], figure  # no link tag survives
+        assert "evil.example" in fig.layout.title.text, figure  # the name is there, as text
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
 
 
 def test_future_lens_page(app, tiny_dirs):
