@@ -209,6 +209,7 @@ class Positions:
     finals: torch.Tensor  # (horizon, n, d_model): h_L(t + N - 1), what (a) is fitted to
     targets: torch.Tensor  # (horizon, n) int64: token t + N
     final_top: torch.Tensor  # (horizon, n) int64: the model's own top-1 for token t + N (from h_L(t + N - 1))
+    final_candidates: torch.Tensor  # (id,) int64, sorted: every token in the model's own top-CANDIDATE_TOP_K there
 
 
 def _all_slots(_unembed, states, _real):
@@ -219,9 +220,11 @@ def _all_slots(_unembed, states, _real):
 
 def read_positions(model, chunks: list[torch.Tensor], progress: Callable[[int], None]) -> Positions:
     """The states of ``chunks`` (token-id tensors, several per forward pass) at their source positions
-    ``1 .. len - max(HORIZONS) - 1``; ``progress(done)`` after every forward pass."""
-    top = max(HORIZONS)
-    states, finals, targets = [], [[] for _ in HORIZONS], [[] for _ in HORIZONS]
+    ``1 .. len - max(HORIZONS) - 1``; ``progress(done)`` after every forward pass. The last slot is
+    decoded once per position (its top tokens serve every horizon)."""
+    top, k = max(HORIZONS), min(CANDIDATE_TOP_K, model.info.vocab_size)
+    states, finals, targets, final_top = [], [[] for _ in HORIZONS], [[] for _ in HORIZONS], [[] for _ in HORIZONS]
+    candidates = []
     done = 0
     for length in sorted({len(c) for c in chunks}):
         if length < top + 2:
@@ -231,25 +234,27 @@ def read_positions(model, chunks: list[torch.Tensor], progress: Callable[[int], 
             batch = torch.stack(same[start:start + BATCH])  # (row, seq)
             resid = tracing.reduce_slots_batch(model, batch.tolist(), _all_slots).float()  # (row, slot, seq, d)
             source = torch.arange(1, length - top)
+            last = resid[:, -1, 1:length - 1]  # (row, seq - 2, d): h_L(t + N - 1) for every source t and N
+            ranked = top_ids(model, last.reshape(-1, last.shape[-1]), k).view(len(batch), -1, k)  # (row, seq - 2, k)
+            candidates.append(torch.unique(ranked))
             states.append(resid[:, :, source].transpose(0, 1).reshape(resid.shape[1], -1, resid.shape[-1]))
             for i, n in enumerate(HORIZONS):
                 finals[i].append(resid[:, -1, source + n - 1].reshape(-1, resid.shape[-1]))
+                final_top[i].append(ranked[:, source + n - 2, 0].reshape(-1))  # ``last`` starts at position 1
                 targets[i].append(batch[:, source + n].reshape(-1))
             done += len(batch)
             progress(done)
     if not states:
         raise BadRequest(f"The corpus produced no chunks of at least {top + 2} tokens; use a longer chunk_tokens.")
-    finals_t = torch.stack([torch.cat(f) for f in finals])
-    final_top = torch.stack([top_ids(model, f, 1)[:, 0] for f in finals_t])
-    return Positions(torch.cat(states, dim=1), finals_t, torch.stack([torch.cat(t) for t in targets]), final_top)
+    stack = lambda parts: torch.stack([torch.cat(p) for p in parts])  # noqa: E731
+    return Positions(torch.cat(states, dim=1), stack(finals), stack(targets), stack(final_top),
+                     torch.unique(torch.cat(candidates)))
 
 
 def candidate_ids(model, fit: Positions) -> torch.Tensor:
     """(b)'s training vocabulary, sorted: every target token of the fitting positions and the model's
     own top-``CANDIDATE_TOP_K`` tokens at every final state (h_L(t + N - 1), what (a) is fitted to)."""
-    k = min(CANDIDATE_TOP_K, model.info.vocab_size)
-    tops = [top_ids(model, f, k).reshape(-1) for f in fit.finals]
-    return torch.unique(torch.cat([fit.targets.reshape(-1), *tops]))
+    return torch.unique(torch.cat([fit.targets.reshape(-1), fit.final_candidates]))
 
 
 def train_readout(model, x: torch.Tensor, targets: torch.Tensor, init: torch.Tensor, vocab: torch.Tensor,
