@@ -361,6 +361,10 @@ def run(ctx, request: FutureLensRequest, progress) -> FutureLensResult:
                 readout = train_readout(model, x, fit.targets[i], solution, vocab, request,
                                         step=lambda where=where: advance(f"Training the direct readout: {where}"))
                 for method, solution_m in ((1, solution), (2, readout)):
+                    if method == 2 and request.epochs == 0:  # the untrained readout is (a): same numbers
+                        sums[2, i, slot], pred_tokens[2, i, slot] = sums[1, i, slot], pred_tokens[1, i, slot]
+                        pred_probs[2, i, slot] = pred_probs[1, i, slot]
+                        continue
                     sums[method, i, slot] = scores(model, apply_affine(x_eval, solution_m), held.targets[i:i + 1],
                                                    held.final_top[i:i + 1])[0]
                     pred_tokens[method, i, slot], pred_probs[method, i, slot] = _predictions(

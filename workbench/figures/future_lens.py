@@ -78,7 +78,7 @@ def accuracy(result: FutureLensResult) -> go.Figure:
     if not result.eval_tokens:
         return _waiting(result, title)
     fig = _panels(result, [("top-1 accuracy", result.top1), ("top-5 accuracy", result.top5)], title, references=True)
-    fig.update_yaxes(range=[0, 1.02])
+    fig.update_yaxes(rangemode="tozero")
     return fig
 
 
