@@ -293,16 +293,27 @@ def test_future_lens_page(app, tiny_dirs):
 
 @pytest.mark.slow
 def test_smollm2_maps_anticipate_tokens_beyond_the_next_better_than_the_logit_lens(workbench):
+    """Measured 2026-12-01 (3840 fitting, 480 held-out positions): (a)'s top-1 on t+2 is 0.05-0.08 at
+    every slot (best mid-network, 0.081 at block 11) against the logit lens's 0.00-0.05 and copying the
+    model's next-token prediction 0.040; on t+3 0.035-0.062 against 0.004-0.023; NLL 6.7-8.2 nats
+    against 8.7-113 (t+2). The model's own top-1 on those tokens, with their full context, is 0.31."""
     request = FutureLensRequest(PROMPT, fit_chunks=64, eval_chunks=8, epochs=1)
     result = workbench.future_lens("smollm2-135m", request)
+    np.set_printoptions(precision=3, linewidth=250)
+    for m, method in enumerate(result.methods):  # the per-layer numbers, for the record (pytest -s)
+        print(method, "top-1", result.top1[m], "NLL", result.nll[m], sep="\n")
+    print("copy", result.copy_top1, "model", result.model_top1, "candidates", result.candidates)
     n_slots = len(result.layer_labels)
     assert n_slots == 31 and result.eval_tokens == 8 * 60
     for i in (1, 2):  # tokens t+2 and t+3
         # (a) gives the true token far more probability than the logit lens at every slot
         assert (result.nll[1, i] < result.nll[0, i]).all()
-        # and is right more often than the logit lens over the layers
+        # and is right more often than the logit lens, over all layers and over the last five
         assert result.top1[1, i].mean() > result.top1[0, i].mean()
+        assert result.top1[1, i, -5:].mean() > result.top1[0, i, -5:].mean()
+    # as in the paper, a middle layer anticipates token t+2 better than the last one
+    assert result.top1[1, 1, :-1].max() > result.top1[1, 1, -1]
     # N = 1 at the last slot: the map is the identity, so (a) is the model's own prediction
     assert result.top1[1, 0, -1] == pytest.approx(result.top1[0, 0, -1]) == pytest.approx(result.copy_top1[0])
-    # the direct readout, trained on the true token, improves (a)'s held-out NLL at the last slots
+    # the readout trained on the true token improves on (a)'s held-out NLL at most of the last slots
     assert (result.nll[2, :, -5:] < result.nll[1, :, -5:]).mean() > 0.5
