@@ -19,6 +19,7 @@ page = st.navigation(
         st.Page("app_pages/attention_sinks.py", title="Attention sinks", url_path="attention_sinks"),
         st.Page("app_pages/lens_comparison.py", title="Lens comparison", url_path="lens_comparison"),
         st.Page("app_pages/tuned_lens.py", title="Tuned lens", url_path="tuned_lens"),
+        st.Page("app_pages/future_lens.py", title="Future lens", url_path="future_lens"),
         st.Page("app_pages/latent_language.py", title="Latent language", url_path="latent_language"),
         st.Page("app_pages/decoder_lens.py", title="DecoderLens", url_path="decoder_lens"),
         st.Page("app_pages/depth_use.py", title="Depth use", url_path="depth_use"),

@@ -11,6 +11,7 @@ from workbench.analyses.attention_sinks import SinkProbeRequest
 from workbench.analyses.concept_depth import ConceptDepthRequest
 from workbench.analyses.decoder_lens import DecoderLensRequest
 from workbench.analyses.depth_use import DepthUseRequest
+from workbench.analyses.future_lens import FutureLensRequest
 from workbench.analyses.latent_language import LatentLanguageRequest
 from workbench.analyses.lens_comparison import LensComparisonRequest as AllLensesRequest
 from workbench.analyses.linear_shortcut import LinearShortcutRequest
@@ -55,6 +56,7 @@ def examples() -> dict[str, object]:
         "patchscope": PatchscopeRequest(PROMPT, n_tokens=2),
         "shortcut_grid": ShortcutGridRequest(chunk_tokens=16, fit_chunks=8, eval_chunks=1),
         "lens_comparison": AllLensesRequest(PROMPT, chunk_tokens=32, eval_chunks=1),
+        "future_lens": FutureLensRequest(PROMPT, chunk_tokens=16, fit_chunks=4, eval_chunks=1, epochs=1),
     }
 
 

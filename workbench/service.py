@@ -26,6 +26,7 @@ from workbench.analyses import (
     concept_depth,
     decoder_lens,
     depth_use,
+    future_lens,
     latent_language,
     lens_comparison,
     linear_shortcut,
@@ -118,6 +119,11 @@ class Workbench:
                       progress: Progress = _silent) -> shortcut_grid.ShortcutGridResult:
         """Maps between layers (Din et al. 2023) against skipping the blocks they replace."""
         return self.run(shortcut_grid.ANALYSIS, model_name, request, progress)
+
+    def future_lens(self, model_name: str, request: future_lens.FutureLensRequest,
+                    progress: Progress = _silent, on_partial=None) -> future_lens.FutureLensResult:
+        """The linear future lens (Pal et al. 2023): tokens t+1..t+3 predicted from one state h_l(t)."""
+        return self.run(future_lens.ANALYSIS, model_name, request, progress, on_partial)
 
     def tuned_lens_trainer(self, model_name: str, config: tuned_lens.TunedLensConfig,
                            progress: Progress = _silent) -> LensTrainer:
