@@ -51,6 +51,7 @@ from workbench.interventions import Rules, block, final_logits, lrp_rules
 from workbench.models.loader import LoadedModel
 
 SOURCES = ("corrupted", "mean")
+NO_RULES = Rules()  # plain gradients
 Progress = Callable[[float, str], None]
 
 
@@ -370,7 +371,7 @@ def split_forward(
     deltas: Deltas | None = None,
     probes: dict | None = None,
     x0: torch.Tensor | None = None,
-    rules: Rules = Rules(),
+    rules: Rules = NO_RULES,
     record: bool = True,
     keep_inputs: bool = False,
     on_write: Callable[[int, torch.Tensor], None] | None = None,
@@ -496,7 +497,8 @@ def ablate(
                                 batch.attention_mask.repeat(circuits, 1), batch.last.repeat(circuits),
                                 deltas=deltas, record=False, on_write=deltas.on_write)
         out.append(_logit_diffs(run.logits.double(), batch, circuits))
-        progress(min(1.0, (start + circuits) / keep.shape[0]), f"Ablation runs: {start + circuits} of {keep.shape[0]} circuits")
+        done = start + circuits
+        progress(min(1.0, done / keep.shape[0]), f"Ablation runs: {done} of {keep.shape[0]} circuits")
     lds = torch.cat(out)
     return lds[0] if single else lds
 

@@ -48,6 +48,7 @@ import torch
 
 from workbench.circuit_graph import Graph
 from workbench.circuit_runs import (
+    NO_RULES,
     FixedDeltas,
     Progress,
     _logit_diffs,
@@ -103,7 +104,7 @@ def reader_gradients(
     batch: PairBatch,
     ld_clean: torch.Tensor,
     ld_corrupted: torch.Tensor,
-    rules: Rules = Rules(),
+    rules: Rules = NO_RULES,
     x0: torch.Tensor | None = None,
 ) -> ReaderGradients:
     """One forward and one backward of the split-input run of the corrupted prompts (block-0 input
