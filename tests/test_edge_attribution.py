@@ -188,3 +188,43 @@ def test_methods_differ_and_bad_input(workbench, settings, tiny_dirs):
     calls = []
     ea.attribute_edges(model, batch, graph, "ig", steps=2, progress=lambda f, m: calls.append(f))
     assert calls[-1] == 1.0 and calls == sorted(calls)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_real_model_ioi_invariants(workbench, settings, name):
+    """On the real models and four IOI pairs: the split run is the model, the full and empty circuits give
+    M = 1 and 0, edges out of a writer sum to its node score, RelP (all rules) conserves relevance at the
+    embeddings' cut, and the strongest head by AtP matters when its edges are ablated."""
+    from workbench.prompt_pairs import ioi_pairs
+
+    model = workbench.model(name)
+    graph = graph_for(model)
+    batch = encode_pairs(model, ioi_pairs(model, 4, 0, settings), settings)
+    clean, _corrupted, ld_clean, ld_corr = _split_lds(model, graph, batch)
+    with torch.no_grad():
+        plain = model.hf_model(input_ids=batch.clean_ids, attention_mask=batch.attention_mask).logits
+    plain_ld = ld_of(batch, plain[torch.arange(len(batch)), batch.last])
+    torch.testing.assert_close(ld_clean, plain_ld, atol=1e-3, rtol=1e-4)
+    assert float((ld_clean - ld_corr).sum()) > 1.0  # the model does IOI
+    n = len(graph.edges)
+    lds = cr.ablate(model, batch, graph, np.stack([np.ones(n, bool), np.zeros(n, bool)]), max_rows=8)
+    gap = float((ld_clean - ld_corr).sum())
+    assert float((lds[0] - ld_corr).sum()) / gap == pytest.approx(1.0, abs=1e-3)
+    assert float((lds[1] - ld_corr).sum()) / gap == pytest.approx(0.0, abs=1e-3)
+    atp = ea.attribute_edges(model, batch, graph, "atp")
+    out = np.zeros(len(graph.writers))
+    np.add.at(out, graph.edges[:, 0], atp.edge_scores)
+    np.testing.assert_allclose(out, atp.node_scores, atol=1e-4 * np.abs(atp.node_scores).max(), rtol=1e-4)
+    grads = ea.reader_gradients(model, graph, batch, ld_clean, ld_corr, ALL_RULES)
+    embed_edges = torch.as_tensor(graph.edges[:, 0] == 0)
+    total = float(ea.edge_products(graph, grads.values, grads).sum(0)[embed_edges].sum())
+    total += float(grads.bias_relevance.sum())
+    assert total == pytest.approx(grads.output_relevance, rel=1e-3, abs=1e-3)
+    # the head AtP ranks first matters: ablating every edge out of it (its corrupted output in the clean
+    # run) moves M away from 1, the way its score says
+    heads = [i for i, node in enumerate(graph.writers) if node.kind == "head"]
+    best = max(heads, key=lambda i: abs(atp.node_scores[i]))
+    without = cr.ablate(model, batch, graph, graph.edges[:, 0] != best, max_rows=8)
+    lost = 1.0 - float((without - ld_corr).sum()) / gap
+    assert abs(lost) > 0.02 and np.sign(lost) == np.sign(atp.node_scores[best])
