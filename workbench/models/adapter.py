@@ -140,6 +140,12 @@ class ArchitectureSpec:
     # Boolean config attribute that makes blocks parallel when true, sequential when false
     # (GPT-NeoX's use_parallel_residual); ``residual`` is the topology when the attribute is absent.
     parallel_attr: str | None = None
+    # The block norm whose output the attention reads (None: the attention reads the raw residual,
+    # OLMo 2), and the norm applied to the attention output before the residual add (Gemma 2/3, OLMo 2);
+    # circuit runs (``circuit_runs``) re-apply the first to each head's own input and split the second
+    # into per-head shares.
+    attn_norm: str | None = "input_layernorm"
+    attn_post_norm: str | None = None
 
     def __post_init__(self) -> None:
         row = f"The ArchitectureSpec row '{self.family}' in workbench/models/adapter.py"
@@ -223,7 +229,7 @@ class ArchitectureSpec:
         }
         if self.mlp_gate:
             paths["mlp_gate"] = f"{block}.{self.mlp}.{self.mlp_gate}"
-        for norm in {*self.block_norms, self.pre_mlp_norm} - {None}:
+        for norm in {*self.block_norms, self.pre_mlp_norm, self.attn_norm, self.attn_post_norm} - {None}:
             paths[f"norm:{norm}"] = f"{block}.{norm}"
         if self.attn_core:
             paths["attn_core"] = f"{block}.{self.attn}.{self.attn_core}"
@@ -265,6 +271,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         pre_mlp_norm="pre_feedforward_layernorm",
         logit_softcap_attr="final_logit_softcapping",
         mlp_post_norm="post_feedforward_layernorm",
+        attn_post_norm="post_attention_layernorm",
         norm_weight_offset=1.0,
         **_LLAMA_LIKE,
     ),
@@ -294,6 +301,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         },
         mlp_act="act",
         attn_out="c_proj",
+        attn_norm="ln_1",
     ),
     ArchitectureSpec(
         family="gemma2",
@@ -308,6 +316,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         pre_mlp_norm="pre_feedforward_layernorm",
         logit_softcap_attr="final_logit_softcapping",
         mlp_post_norm="post_feedforward_layernorm",
+        attn_post_norm="post_attention_layernorm",
         norm_weight_offset=1.0,
         **_LLAMA_LIKE,
     ),
@@ -320,6 +329,8 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         block_norms=("post_attention_layernorm", "post_feedforward_layernorm"),
         pre_mlp_norm=None,
         mlp_post_norm="post_feedforward_layernorm",
+        attn_norm=None,
+        attn_post_norm="post_attention_layernorm",
         **_LLAMA_LIKE,
     ),
     ArchitectureSpec(
@@ -412,6 +423,7 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
         mlp_act="act",
         attn_out="out_proj",
         attn_core="_attn",
+        attn_norm="ln_1",
     ),
 )
 
