@@ -25,6 +25,7 @@ page = st.navigation(
         st.Page("app_pages/depth_use.py", title="Depth use", url_path="depth_use"),
         st.Page("app_pages/neurons.py", title="Neurons", url_path="neurons"),
         st.Page("app_pages/patching.py", title="Patching", url_path="patching"),
+        st.Page("app_pages/circuits.py", title="Circuits", url_path="circuits"),
         st.Page("app_pages/patchscope.py", title="Patchscope", url_path="patchscope"),
         st.Page("app_pages/concept_depth.py", title="Concept depth", url_path="concept_depth"),
         st.Page("app_pages/compare.py", title="Compare models", url_path="compare"),

@@ -8,6 +8,7 @@ from workbench import concept_datasets
 from workbench.analyses import ANALYSES
 from workbench.analyses.activation_patching import ActivationPatchingRequest
 from workbench.analyses.attention_sinks import SinkProbeRequest
+from workbench.analyses.circuit import CircuitRequest
 from workbench.analyses.concept_depth import ConceptDepthRequest
 from workbench.analyses.decoder_lens import DecoderLensRequest
 from workbench.analyses.depth_use import DepthUseRequest
@@ -56,6 +57,8 @@ def examples() -> dict[str, object]:
         "patchscope": PatchscopeRequest(PROMPT, n_tokens=2),
         "shortcut_grid": ShortcutGridRequest(chunk_tokens=16, fit_chunks=8, eval_chunks=1),
         "lens_comparison": AllLensesRequest(PROMPT, chunk_tokens=32, eval_chunks=1),
+        "circuit": CircuitRequest(task="csv", n_pairs=2, methods=("atp", "relp"), sizes=(0, 5, 50),
+                                  csv_name="pairs", pairs=(PAIR, PAIR[1::-1] + PAIR[:1:-1])),
         "future_lens": FutureLensRequest(PROMPT, chunk_tokens=16, fit_chunks=4, eval_chunks=1, epochs=1),
     }
 

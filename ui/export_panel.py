@@ -22,18 +22,25 @@ def chart(analysis: Analysis, figure: str, result, key: str | None = None) -> No
     plot(analysis.figure(figure, result), key or f"{analysis.name}_{figure}", spec, name=f"{analysis.name}-{figure}")
 
 
-def plot(fig: go.Figure, key: str, spec: export.FigureSpec | None = None, name: str | None = None) -> None:
+def plot(fig: go.Figure, key: str, spec: export.FigureSpec | None = None, name: str | None = None,
+         select: bool = False):
     """Draw ``fig`` and, under it, its export controls: for views that are no single analysis's
     figure (a training curve, several results in one plot, the compare overlay).
 
     ``spec`` names the analysis runs the figure is drawn from; with it the bundle's manifest can
     regenerate the figure (``python -m workbench regenerate``), without it the bundle records the
-    figure and its data only.
+    figure and its data only. ``select``: a click on a point reruns the page and the chart's selection
+    state (``.selection.points``) is returned.
     """
     filename = export.slug(name or key)
-    st.plotly_chart(fig, key=key, config={"toImageButtonOptions": {"format": "svg", "filename": filename}})
+    config = {"toImageButtonOptions": {"format": "svg", "filename": filename}}
+    if select:
+        event = st.plotly_chart(fig, key=key, config=config, on_select="rerun", selection_mode="points")
+    else:
+        event = st.plotly_chart(fig, key=key, config=config)
     with st.expander("Export figure", expanded=False):
         _controls(fig, key, spec, filename)
+    return event if select else None
 
 
 def _controls(fig: go.Figure, key: str, spec: export.FigureSpec | None, filename: str) -> None:

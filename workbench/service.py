@@ -23,6 +23,7 @@ from workbench.analyses import (
     Analysis,
     Progress,
     attention_sinks,
+    circuit,
     concept_depth,
     decoder_lens,
     depth_use,
@@ -290,3 +291,19 @@ class Workbench:
                                  "lens page first, or leave it out.")
             request = dataclasses.replace(request, tuned_step=step)
         return self.run(lens_comparison.ANALYSIS, model_name, request, progress)
+
+    def circuit(self, model_name: str, request: circuit.CircuitRequest,
+                progress: Progress = _silent) -> circuit.CircuitResult:
+        """Edge attribution over a task (EAP, RelP, EAP-IG), circuits of the top edges verified by ablation."""
+        return self.run(circuit.ANALYSIS, model_name, request, progress)
+
+    def head_attention(self, model_name: str, text: str, layer: int, head: int,
+                       progress: Progress = _silent) -> tuple[tuple[str, ...], np.ndarray]:
+        """One attention head's probabilities (query, key) on ``text``: its tokens and a (seq, seq) array."""
+        model = self.model(model_name, progress)
+        if not 0 <= layer < model.info.n_layers or not 0 <= head < model.info.n_heads:
+            raise BadRequest(f"{model.name} has {model.info.n_layers} layers of {model.info.n_heads} heads; "
+                             f"there is no head {head} in layer {layer}.")
+        encoded = prompts.encode(model, text, self.settings)
+        trace = tracing.attention_and_states(model, encoded.ids)
+        return tuple(encoded.tokens), trace.attn[layer, head].numpy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from workbench.analyses import (  # noqa: E402, I001 (after base: each module builds an Analysis)
     activation_patching,
     attention_sinks,
+    circuit,
     concept_depth,
     decoder_lens,
     depth_use,
@@ -57,6 +58,7 @@ ANALYSES: tuple[Analysis, ...] = (
     activation_patching.ANALYSIS,
     patching.ANALYSIS,
     patching_faithfulness.ANALYSIS,
+    circuit.ANALYSIS,
     concept_depth.ANALYSIS,
     decoder_lens.ANALYSIS,
     patchscope.ANALYSIS,

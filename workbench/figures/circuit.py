@@ -341,3 +341,82 @@ def graph_from_json(text: str | bytes) -> tuple[tuple[Node, ...], np.ndarray, np
         raise BadRequest("The circuit graph's nodes or edges are malformed.") from None
     rest = {k: v for k, v in document.items() if k not in ("nodes", "edges")}
     return nodes, edges, scores, rest
+
+
+# ---------------------------------------------------------------------- an analysis result (analyses.circuit)
+
+DEFAULT_SHOWN_EDGES = 100  # the default threshold shows about this many edges
+
+
+def default_threshold(scores, shown: int = DEFAULT_SHOWN_EDGES) -> float:
+    """The |score| of the ``shown``-th largest edge (so about that many are drawn)."""
+    magnitudes = np.sort(np.abs(np.asarray(scores, dtype=np.float64)))[::-1]
+    magnitudes = magnitudes[np.isfinite(magnitudes)]
+    if not len(magnitudes):
+        return 0.0
+    return float(magnitudes[min(shown, len(magnitudes)) - 1])
+
+
+def result_graph(result, method: str | None = None, threshold: float | None = None, highlight=None) -> go.Figure:
+    """The circuit graph of one of ``result``'s methods (default: the first) at ``threshold`` (default:
+    about ``DEFAULT_SHOWN_EDGES`` edges)."""
+    methods = [str(m) for m in result.methods]
+    index = methods.index(method) if method is not None else 0
+    graph = result.graph
+    scores = result.edge_scores[index].astype(np.float64)
+    threshold = default_threshold(scores) if threshold is None else threshold
+    totals = np.full(len(graph.nodes), np.nan)
+    totals[: len(graph.writers)] = result.node_scores[index]  # writers come first, logits last
+    totals[-1] = scores[graph.edges[:, 1] == len(graph.nodes) - 1].sum()
+    return graph_figure(graph.nodes, graph.edges, scores, threshold, highlight, node_scores=totals,
+                        title=f"Circuit of {plain(result.model_name)} on {plain(result.task)}: edges by "
+                              f"{methods[index]} (mean over {len(result.clean)} pairs)")
+
+
+def result_curves(result) -> go.Figure:
+    """The faithfulness curves of every method in ``result``, with each curve's area and 80 % size."""
+    curves = {}
+    for i, method in enumerate(result.methods):
+        found = "none" if result.recovering[i] < 0 else f"{int(result.recovering[i])} edges"
+        label = f"{method} (area {result.areas[i]:.2f}, 80 %: {found})"
+        curves[label] = (result.sizes, result.curves[i])
+    return curve_figure(curves, title=f"Faithfulness by ablation: {plain(result.model_name)}, {plain(result.task)}, "
+                                      f"{len(result.clean)} pairs, ablated edges carry the {result.source} activation")
+
+
+def node_pairs_figure(result, method: str, node: str) -> go.Figure:
+    """One writer node's score on every pair of the task (their mean is its task-level score)."""
+    graph = result.graph
+    index = [str(m) for m in result.methods].index(method)
+    writer = [n.name for n in graph.writers].index(node)
+    values = result.node_scores_per_pair[index, :, writer].astype(np.float64)
+    colors = [LINE_COLORS[0] if v >= 0 else LINE_COLORS[1] for v in values]
+    labels = [f"{i + 1}" for i in range(len(values))]
+    fig = go.Figure(go.Bar(x=labels, y=values, marker={"color": colors},
+                           customdata=np.array([plain(str(c)) for c in result.clean], dtype=object),
+                           hovertemplate="pair %{x}: %{y:+.4g}<br>%{customdata}<extra></extra>"))
+    fig.add_hline(y=float(result.node_scores[index, writer]), line={"dash": "dash", "color": "#000000"},
+                  annotation_text="mean", annotation_position="top left")
+    fig.update_layout(title=f"{plain(node)}: score per pair ({method}, {plain(result.task)})", height=320,
+                      xaxis_title="pair", yaxis_title="node score (change of the task metric)",
+                      margin={"l": 70, "r": 20, "t": 60, "b": 50})
+    return fig
+
+
+def attention_figure(tokens, pattern, title: str) -> go.Figure:
+    """One head's attention probabilities (query row, key column) on one prompt."""
+    from workbench.figures import SEQUENTIAL, display_token
+    from workbench.figures.axes import token_axis
+
+    pattern = np.asarray(pattern, dtype=np.float64)
+    shown = [display_token(str(t)) for t in tokens]
+    fig = go.Figure(go.Heatmap(z=pattern, x=np.arange(len(tokens)), y=np.arange(len(tokens)), zmin=0.0, zmax=1.0,
+                               colorscale=SEQUENTIAL, colorbar={"title": {"text": "attention"}},
+                               hovertemplate="query %{y}, key %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=plain(title), xaxis=token_axis(tokens, "key token"),
+                      yaxis={**token_axis(tokens, "query token"), "autorange": "reversed"},
+                      height=max(360, 18 * len(tokens) + 160), margin={"l": 90, "r": 20, "t": 60, "b": 90})
+    return keep_labels(fig, xaxis=shown, yaxis=shown)
+
+
+FIGURES = {"graph": result_graph, "curves": result_curves}
