@@ -144,3 +144,42 @@ def test_lens_comparison_rows_are_lenses_in_browser(server, page):
     assert "not measured on held-out text: Patchscope" in held_out
     expect(page.get_by_text("linear shortcut: stored")).to_be_visible(timeout=30_000)
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_circuit_page_builds_a_circuit_slider_click_and_export(server, page, tmp_path):
+    """On the default model: a small IOI circuit (3 pairs, EAP), the threshold slider moved, a node clicked
+    in the graph (its per-pair scores appear), and the graph downloaded as JSON."""
+    import re
+
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/circuits?ci_task=ioi&ci_pairs=3&ci_methods=atp")  # a link runs its request
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    expect(page.get_by_text("Faithfulness by ablation").first).to_be_visible(timeout=400_000)
+    page.wait_for_selector(IDLE, timeout=400_000)
+    graph = charts.filter(has_text="Circuit of").first
+    before = " ".join(graph.locator("svg").all_text_contents())
+    assert "all 100 edges with" in before  # the default threshold: the 100 strongest edges
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    page.keyboard.press("ArrowLeft")  # 100 -> 50 edges
+    page.wait_for_selector(IDLE, timeout=120_000)
+    expect(page.get_by_text("50 edges (|score|")).to_be_visible(timeout=60_000)
+    # click an attention head: the node traces come last (embeddings, heads, MLPs, logits)
+    graph = charts.filter(has_text="Circuit of").first
+    traces = graph.locator("g.trace.scatter")
+    point = traces.nth(traces.count() - 3).locator("path.point").first
+    box = point.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_selector(IDLE, timeout=120_000)
+    expect(page.get_by_text(re.compile(r"a\d+\.h\d+: score per pair")).first).to_be_visible(timeout=60_000)
+    expect(page.get_by_text(re.compile(r"Head a\d+\.h\d+ on pair 1")).first).to_be_visible(timeout=60_000)
+    with page.expect_download(timeout=60_000) as download_info:
+        page.get_by_role("button", name="Download the graph as JSON").click()
+    download = download_info.value
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    document = json.loads(saved.read_text())
+    assert document["format"] == "layerlens-circuit-graph" and document["method"] == "atp"
+    assert len(document["edges"]) == 44371 and document["task"]["task"] == "ioi"
+    assert page.locator('[data-testid="stException"]').count() == 0
