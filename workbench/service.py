@@ -96,9 +96,14 @@ class Workbench:
                    progress: Progress = _silent) -> logit_lens.LogitLensResult:
         return self.run(logit_lens.ANALYSIS, model_name, request, progress)
 
-    def latent_language(self, model_name: str, request: latent_language.LatentLanguageRequest,
+    def latent_language(self, model_name: str, request: latent_language.LatentLanguageRequest | None = None,
                         progress: Progress = _silent) -> latent_language.LatentLanguageResult:
-        return self.run(latent_language.ANALYSIS, model_name, request, progress)
+        """Per layer, the lens probability of the answer's word in each candidate language (Wendler et al.
+        2024; Zhong et al. 2025): ``p_first`` (first token) and ``p_whole`` (whole word, teacher-forced
+        product of the same layer's conditionals), (prompt, language, slot). Default request: German ->
+        French translation, English as the pivot, single-token words."""
+        return self.run(latent_language.ANALYSIS, model_name, request or latent_language.LatentLanguageRequest(),
+                        progress)
 
     def linear_shortcut(self, model_name: str, request: linear_shortcut.LinearShortcutRequest,
                         progress: Progress = _silent) -> tuned_lens.LensComparisonResult:
