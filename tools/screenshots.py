@@ -25,7 +25,13 @@ PAGES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "logit_lens": [("", ("Run logit lens",))],
     "attention_sinks": [("One prompt", ("Run sink probe",)),
                         ("Sink levels over a prompt set", ("Run over the prompt set",))],
-    "tuned_lens": [("", ("Fit and compare",))],
+    "lens_comparison": [("", ("Compare lenses",))],
+    "tuned_lens": [("", ("Fit and compare", "Fit and evaluate"))],
+    "future_lens": [("", ("Fit and score",))],
+    "patchscope": [("", ("Run Patchscope",))],
+    "decoder_lens": [("", ())],  # the bundled models are decoder-only: the page says what it needs
+    # a small task (the default, 20 pairs x 3 methods, takes minutes on a CPU); a link runs its request
+    "circuits?ci_pairs=4&ci_methods=atp&ci_methods=relp": [("", ())],
     "latent_language": [("", ("Run latent-language view",))],
     "depth_use": [("", ("Run depth analysis",))],
     "neurons": [("", ("Classify all neurons", "Explore neuron"))],
@@ -69,7 +75,7 @@ def main() -> None:
         for model in args.models:
             for path in args.pages:
                 for tab, buttons in PAGES[path]:
-                    page.goto(f"{url}/{path}?model={model}")
+                    page.goto(f"{url}/{path}{'&' if '?' in path else '?'}model={model}")
                     page.wait_for_selector(IDLE, timeout=120_000)
                     if tab:
                         page.get_by_role("tab", name=tab).click()
@@ -84,7 +90,8 @@ def main() -> None:
                                            ".map(e => e.scrollHeight), 1000)")
                     page.set_viewport_size({"width": 1400, "height": min(int(height) + 80, 16000)})
                     page.wait_for_timeout(1500)
-                    name = "-".join(p for p in (model, path or "home", tab.split()[0].lower() if tab else "",
+                    where = path.split("?")[0] or "home"
+                    name = "-".join(p for p in (model, where, tab.split()[0].lower() if tab else "",
                                                 "" if finished else "STILL-RUNNING") if p)
                     page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
                     problems = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
