@@ -89,16 +89,22 @@ if result is not None:
                                   counts, value=100 if 100 in counts else counts[-1], key="ci_threshold",
                                   format_func=lambda n: f"{n} edges (|score| ≥ {magnitudes[n - 1]:.3g})")
     threshold = float(magnitudes[shown - 1])
-    selected = st.session_state.get("ci_node")
+    writers = [n.name for n in graph.writers]
+    if st.session_state.get("ci_node_pick") not in writers:  # a new result (another model or task)
+        st.session_state["ci_node_pick"] = writers[0]
+    selected = st.session_state["ci_node_pick"]
     figure = circuit_figures.result_graph(result, method, threshold, highlight=selected)
     event = ui.plot(figure, "ci_graph", name="circuit-graph", select=True)
     points = (event or {}).get("selection", {}).get("points", []) if event else []
-    for point in points:
+    for point in points:  # a click on a node selects it (the picker below follows; logits has no scores)
         name = point.get("customdata")
         name = name[0] if isinstance(name, list) else name
-        if isinstance(name, str) and name in graph.index and name != selected:
-            st.session_state["ci_node"] = selected = name
-            st.rerun()
+        # act on a new click only: the chart keeps its selection, and the picker may have moved since
+        if isinstance(name, str) and name in writers and name != st.session_state.get("ci_last_click"):
+            st.session_state["ci_last_click"] = name
+            if name != selected:
+                st.session_state["ci_node_pick"] = name
+                st.rerun()
     st.download_button(
         "Download the graph as JSON", key="ci_json", mime="application/json",
         file_name=f"circuit-{result.task.split(':')[0]}-{method}.json",
@@ -109,11 +115,7 @@ if result is not None:
                                                                         result.wrongs, strict=True)],
                   "source": result.source}))
 
-    writers = [n.name for n in graph.writers]
-    choice = st.selectbox("Node (or click one in the graph)", writers,
-                          index=writers.index(selected) if selected in writers else 0, key="ci_node_pick")
-    if choice != selected:
-        st.session_state["ci_node"] = selected = choice
+    selected = st.selectbox("Node (or click one in the graph)", writers, key="ci_node_pick")
     node = graph.node(selected)
     ui.plot(circuit_figures.node_pairs_figure(result, method, selected), "ci_node_pairs",
             name=f"circuit-node-{selected}")
