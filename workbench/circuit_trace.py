@@ -268,7 +268,7 @@ def attribute_edges_traced(
             for layer in range(n_layers):
                 g = probe_grads[1 + layer]
                 g = torch.zeros_like(embed_probe) if g is None else g
-                for h in range(k):
+                for _head in range(k):  # a head's node score: its block's attention write
                     writer_grads.append(g)
                 g = probe_grads[1 + n_layers + layer]
                 writer_grads.append(torch.zeros_like(embed_probe) if g is None else g)
@@ -337,7 +337,8 @@ def ablate_traced(
     return (lds, corrupted) if with_corrupted else lds
 
 
-def _ablation_trace(model: LoadedModel, batch: PairBatch, graph: Graph, keep: torch.Tensor, source: str) -> torch.Tensor:
+def _ablation_trace(model: LoadedModel, batch: PairBatch, graph: Graph, keep: torch.Tensor,
+                    source: str) -> torch.Tensor:
     """(1 + circuits, pairs) LD: the plain corrupted run, then each circuit of ``keep`` on the clean prompts."""
     lay = _layout(model)
     attn_norm, attn_out, attn_post_norm = lay["attn_norm"], lay["attn_out"], lay["attn_post_norm"]
