@@ -9,7 +9,7 @@
   as source, no weights travel, and the edge scores and ablation LDs that come back are bit-identical to
   the local traced run's;
 * the circuit analysis on a remote model runs through the traces and equals the same analysis forced onto
-  the traced path locally; RelP says it needs a local model.
+  the traced path locally (EAP, RelP and EAP-IG); RelP's AH rule is refused there.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from workbench.circuit_graph import graph_for
 from workbench.circuit_tasks import encode_pairs
 from workbench.config import Settings
 from workbench.errors import BadRequest
+from workbench.interventions import Rules
 from workbench.models import catalog, loader
 
 TRACED_ARCHITECTURES = ("llama", "gpt2", "gemma3_text", "gpt_neox", "phi", "olmo2", "gemma2", "gptj")
@@ -59,12 +60,13 @@ def _compare_attribution(local, traced, rel):
     assert (traced.method, traced.steps) == (local.method, local.steps)
 
 
-@pytest.mark.parametrize("method", ["atp", "ig"])
+@pytest.mark.parametrize("method", ["atp", "relp", "ig"])
 def test_traced_attribution_equals_hook_based(task, method):
     model, graph, batch = task
     local = ea.attribute_edges(model, batch, graph, method, steps=3)
     traced = ct.attribute_edges_traced(model, batch, graph, method, steps=3)
     _compare_attribution(local, traced, 1e-3)  # float32; measured at most 1e-4 of the largest score
+    assert traced.rules == local.rules
     # the edges out of a writer still add up to its node score (an independent gradient, from a probe)
     out = np.zeros(len(graph.writers))
     np.add.at(out, graph.edges[:, 0], traced.edge_scores)
@@ -124,8 +126,8 @@ def test_traced_bad_input(workbench, settings, tiny_dirs):
     model = workbench.model(str(tiny_dirs["llama"]))
     graph = graph_for(model)
     batch = encode_pairs(model, _pairs_for(model), settings)
-    with pytest.raises(BadRequest, match="RelP"):
-        ct.attribute_edges_traced(model, batch, graph, "relp")
+    with pytest.raises(BadRequest, match="AH rule"):
+        ct.attribute_edges_traced(model, batch, graph, "relp", rules=Rules(ln=True, attention=True))
     with pytest.raises(BadRequest, match="Unknown edge attribution method"):
         ct.attribute_edges_traced(model, batch, graph, "acdc")
     with pytest.raises(BadRequest, match="steps"):
@@ -199,7 +201,7 @@ def _check_requests(sent, seen, server_model, client_model, n):
     assert next(client_model.lm._module.parameters()).device.type == "meta"
 
 
-@pytest.mark.parametrize("method", ["atp", "ig"])
+@pytest.mark.parametrize("method", ["atp", "relp", "ig"])
 def test_remote_attribution_is_bit_identical(method, server_model, client_model, loopback, local_blocks,  # noqa: F811
                                              settings):
     batch = encode_pairs(server_model, _pairs_for(server_model), settings)
@@ -230,8 +232,8 @@ def test_remote_ablation_is_bit_identical(source, server_model, client_model, lo
 
 def test_circuit_analysis_runs_remotely(server_model, client_model, loopback, settings, monkeypatch):  # noqa: F811
     """The analysis on a remote model: attribution and curves through the traces (on the loopback), the
-    same numbers as the analysis forced onto the traced path on the local copy; RelP is refused."""
-    request = circuit.CircuitRequest(task="ioi", n_pairs=3, methods=("atp", "ig"), ig_steps=2, sizes=(3, 30))
+    same numbers as the analysis forced onto the traced path on the local copy; RelP's AH rule is refused."""
+    request = circuit.CircuitRequest(task="ioi", n_pairs=3, ig_steps=2, sizes=(3, 30))  # EAP, RelP, EAP-IG
     pairs = list(_pairs_for(server_model))
     monkeypatch.setattr(circuit, "pairs_of", lambda model, request, settings: pairs)
     progress = []
@@ -243,6 +245,7 @@ def test_circuit_analysis_runs_remotely(server_model, client_model, loopback, se
     for field in ("edge_scores", "node_scores", "curves", "ld_clean", "ld_corrupted", "areas", "recovering"):
         assert np.array_equal(getattr(remote_result, field), getattr(local_result, field)), field
     assert "NDIF" in remote_result.rules
-    with pytest.raises(BadRequest, match="RelP"):
+    assert len(loopback) == 3 + 3  # one attribution trace and one ablation trace per method
+    with pytest.raises(BadRequest, match="AH rule"):
         circuit.run(SimpleNamespace(model=client_model, settings=settings),
-                    circuit.CircuitRequest(task="ioi", n_pairs=3), lambda f, m: None)
+                    circuit.CircuitRequest(task="ioi", n_pairs=3, ah_rule=True), lambda f, m: None)

@@ -6,7 +6,8 @@ compute with it, after Conmy et al. (2023, ACDC), Syed, Rager & Conmy (2023, EAP
 Belinkov (2024, EAP-IG):
 
 * ``attribute_edges_traced``: the same ``edge_attribution.EdgeAttribution`` as
-  ``edge_attribution.attribute_edges`` ("atp": plain gradients; "ig": EAP-IG), from ONE trace. The rows
+  ``edge_attribution.attribute_edges`` ("atp": plain gradients; "relp": RelP, Jafari et al. 2025; "ig":
+  EAP-IG), from ONE trace. The rows
   of the batch are groups of the task's pairs (clean, corrupted, then one group per IG step, whose
   block-0 input is interpolated inside the trace), each widened to one copy per head by passing the
   repeated ids. The zero deltas of every reader and the zero probes on every writer are created inside
@@ -23,14 +24,17 @@ Each hook of ``circuit_runs`` is an intervention on the same envoy inside ``lm.t
 to each copy's own input plus delta), the output projection's input (head ``k`` from copy ``k``) and
 output, or the post-attention norm's (per-head shares, probe), the MLP's input (copy 0 only, its norm
 re-applied) and output, the post-MLP norm, the final norm's input and the unembedding's input (each
-pair's last real token). Module roles come from the adapter. The blocks read only plain locals
-(ints, strings, tensors) and the model's envoys, the in-trace helpers are shipped by value
-(``nnsight.register``), and every trace takes ``remote.trace_options``: on a remote model
+pair's last real token). RelP's rules (``interventions``) become value-preserving edits
+``y.detach() + (linear term, zero in value)`` of the same values: the LN rule on every norm call that
+reaches the result (the ad-hoc ones included) and on the final norm, the identity rule on the MLP
+activation and the soft-cap, the half rule on the gated product. Module roles come from the adapter.
+The blocks read only plain locals (ints, strings, tensors) and the model's envoys, the in-trace
+helpers are shipped by value (``nnsight.register``), and every trace takes ``remote.trace_options``: on a remote model
 (``LoadedModel.remote``) the very same block runs on NDIF (tests/test_circuit_trace.py checks this with
 the loopback server of tests/test_remote.py: same shipped program, bit-identical scores).
 
-Not here: RelP's LRP rules (their hooks are not interventions yet) and the bias relevance of
-``edge_attribution.ReaderGradients``. Like ``workbench.tracing``, this module opens nnsight traces; it
+Not here: RelP's AH rule (it swaps the attention function, which a trace cannot do: refused) and the
+bias relevance of ``edge_attribution.ReaderGradients``. Like ``workbench.tracing``, this module opens nnsight traces; it
 is the only other one that does.
 """
 
@@ -48,12 +52,12 @@ from workbench import remote
 from workbench.circuit_graph import Graph
 from workbench.circuit_runs import SOURCES, Curve, Progress, _dropped, _no_progress, top_edges
 from workbench.circuit_tasks import PairBatch
-from workbench.edge_attribution import EdgeAttribution
+from workbench.edge_attribution import RELP_RULES, EdgeAttribution
 from workbench.errors import BadRequest
 from workbench.interventions import Rules
 from workbench.models.loader import LoadedModel
 
-METHODS = ("atp", "ig")  # plain gradients; RelP's rules are not expressed as interventions yet
+METHODS = ("atp", "relp", "ig")
 GAP_MESSAGE = ("The clean and corrupted prompts give the same total logit difference, so the task metric is "
                "undefined; the corruption must change the answer.")
 
@@ -88,8 +92,51 @@ def _ablation_delta(dropped, diffs, n_writers, readers):
     return delta.reshape(delta.shape[0] * delta.shape[1], len(readers), *delta.shape[3:])
 
 
-def _soft_cap(raw, cap):
-    return raw if cap is None else torch.tanh(raw / cap) * cap
+def _soft_cap(raw, cap, identity=False):
+    """The final logit soft-cap; under RelP's identity rule its gradient is ``capped / raw``
+    (``interventions.final_logits``)."""
+    if cap is None:
+        return raw
+    capped = torch.tanh(raw / cap) * cap
+    if not identity:
+        return capped
+    ones = torch.ones_like(raw)
+    ratio = torch.where(raw == 0, ones, capped / torch.where(raw == 0, ones, raw))
+    return capped.detach() + ratio.detach() * (raw - raw.detach())
+
+
+def _ln_rule(x, output, weight, bias, centred, eps, offset):
+    """RelP's LN rule as a value-preserving edit of a norm's output (``interventions._ln_rule``): the
+    same values, the gradient of ``w * (x - mean) / scale`` with the scale held constant."""
+    xf = x.float()
+    xc = xf - xf.mean(-1, keepdim=True) if centred else xf
+    scale = (xc.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    w = 1.0 if weight is None else weight.detach().float() + offset
+    base = output.detach()
+    if bias is not None:
+        base = base + (bias - bias.detach())
+    return base + (w * (xc - xc.detach()) / scale.detach()).to(output.dtype)
+
+
+def _identity_rule(x, output):
+    """RelP's identity rule for an elementwise activation (``interventions._identity_rule``)."""
+    ratio = torch.where(x == 0, torch.zeros_like(x), output / torch.where(x == 0, torch.ones_like(x), x))
+    return output.detach() + ratio.detach() * (x - x.detach())
+
+
+def _norm(envoy, x, rule):
+    """A norm envoy applied ad hoc to ``x``; ``rule``: (centred, eps, offset) of the LN rule, or None."""
+    y = envoy(x)
+    if rule is None:
+        return y
+    return _ln_rule(x, y, envoy.weight, getattr(envoy, "bias", None), rule[0], rule[1], rule[2])
+
+
+def _ruled(envoy, x, output, rule):
+    """A norm's own ``output`` of ``x`` in this run, under the LN rule if ``rule`` is given."""
+    if rule is None:
+        return output
+    return _ln_rule(x, output, envoy.weight, getattr(envoy, "bias", None), rule[0], rule[1], rule[2])
 
 
 nnsight.register(sys.modules[__name__])  # NDIF has no workbench package: the helpers travel as source
@@ -115,10 +162,20 @@ def _layout(model: LoadedModel) -> dict:
         if isinstance(post, torch.nn.LayerNorm):
             raise BadRequest("A centring post-attention norm cannot be split into head shares.")
         post_eps = float(getattr(post, "variance_epsilon", None) or getattr(post, "eps", 1e-6))
-    return dict(attn_norm=spec.attn_norm, attn_out=spec.attn_out, attn_post_norm=spec.attn_post_norm,
+    ln = {}  # norm name -> (centred, eps, weight offset): what the LN rule needs (block norms, final norm)
+    for name in spec.block_norms:
+        ln[name] = _norm_facts(blk.get_submodule(name), spec.norm_weight_offset)
+    ln["final_norm"] = _norm_facts(tree.get_submodule(spec.final_norm), spec.norm_weight_offset)
+    return dict(ln=ln, mlp_act=spec.mlp_act, mlp_out=spec.mlp_out, gated=spec.gated,
+                attn_norm=spec.attn_norm, attn_out=spec.attn_out, attn_post_norm=spec.attn_post_norm,
                 pre_mlp_norm=spec.pre_mlp_norm, mlp_post_norm=spec.mlp_post_norm, sequential=spec.sequential,
                 offset=float(spec.norm_weight_offset), transposed=transposed, post_eps=post_eps,
                 cap=model.info.logit_softcap)
+
+
+def _norm_facts(norm: torch.nn.Module, offset: float) -> tuple:
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", 1e-6)
+    return (isinstance(norm, torch.nn.LayerNorm), float(eps), float(offset))
 
 
 def _wide_inputs(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, k: int) -> dict:
@@ -128,9 +185,6 @@ def _wide_inputs(model: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, k: i
 
 def _check_method(method: str, steps: int) -> None:
     if method not in METHODS:
-        if method == "relp":
-            raise BadRequest("RelP's LRP rules do not run as nnsight interventions yet, so RelP runs on local "
-                             "models only; use EAP (atp) or EAP-IG (ig) on a remote model.")
         raise BadRequest(f"Unknown edge attribution method {method!r}; choose one of: {', '.join(METHODS)}.")
     if method == "ig" and not 1 <= int(steps) <= 1000:
         raise BadRequest(f"IG needs between 1 and 1000 steps, got {steps}.")
@@ -142,12 +196,18 @@ def attribute_edges_traced(
     graph: Graph,
     method: str = "atp",
     *,
+    rules: Rules | None = None,
     steps: int = 5,
     progress: Progress = _no_progress,
 ) -> EdgeAttribution:
     """``edge_attribution.attribute_edges`` as one nnsight trace (module docstring); runs on NDIF for a
-    remote model. ``steps``: IG's interpolation points (``alpha = (k - 1/2) / steps``)."""
+    remote model. ``rules``: RelP's rules (default LN, identity, half; the AH rule is refused here);
+    ignored by the other methods. ``steps``: IG's interpolation points (``alpha = (k - 1/2) / steps``)."""
     _check_method(method, steps)
+    rules = (rules or RELP_RULES) if method == "relp" else Rules()
+    if rules.attention:
+        raise BadRequest("RelP's AH rule (attention probabilities held constant) needs the model's attention "
+                         "function swapped, which a trace cannot do; run RelP without it, or on a local model.")
     steps = int(steps) if method == "ig" else 1
     wall, cpu = time.perf_counter(), time.process_time()
     progress(0.0, "Clean, corrupted and gradient rows in one traced pass")
@@ -155,6 +215,9 @@ def attribute_edges_traced(
     attn_norm, attn_out, attn_post_norm = lay["attn_norm"], lay["attn_out"], lay["attn_post_norm"]
     pre_mlp_norm, mlp_post_norm, sequential = lay["pre_mlp_norm"], lay["mlp_post_norm"], lay["sequential"]
     offset, transposed, post_eps, cap = lay["offset"], lay["transposed"], lay["post_eps"], lay["cap"]
+    mlp_act, mlp_out = lay["mlp_act"], lay["mlp_out"]
+    identity, half = rules.identity, rules.half and lay["gated"]
+    ln = lay["ln"] if rules.ln else {}  # norm name -> LN rule facts; empty: no LN rule
     n_layers, k, pairs = graph.n_layers, graph.n_heads, len(batch)
     alphas = [(i + 0.5) / steps for i in range(steps)] if method == "ig" else []
     groups = 2 + len(alphas)  # clean, corrupted, IG steps
@@ -191,7 +254,7 @@ def attribute_edges_traced(
                 head_delta = torch.zeros((rows, k, seq, d), dtype=dtype, device=device, requires_grad=True)
                 head_leaves.append(head_delta)
                 xa = (x.reshape(rows, k, seq, d) + head_delta).reshape(rows * k, seq, d)
-                blk.attn.input = xa if attn_norm is None else getattr(blk, attn_norm)(xa)
+                blk.attn.input = xa if attn_norm is None else _norm(getattr(blk, attn_norm), xa, ln.get(attn_norm))
                 o = getattr(blk.attn, attn_out)
                 z = o.input.reshape(rows, k, seq, k, -1)
                 eye = torch.eye(k, dtype=dtype, device=device).reshape(1, k, 1, k, 1)
@@ -206,9 +269,10 @@ def attribute_edges_traced(
                     o.output = written
                 else:
                     post = getattr(blk, attn_post_norm)
-                    factor = _rms_factor(post.weight, post.input, offset, post_eps)
+                    post_in = post.input
+                    factor = _rms_factor(post.weight, post_in, offset, post_eps)
                     heads = heads * _copy0(factor, rows, k).unsqueeze(1)
-                    written = post.output + _widen(attn_probe, k)
+                    written = _ruled(post, post_in, post.output, ln.get(attn_post_norm)) + _widen(attn_probe, k)
                     post.output = written
                 for h in range(k):
                     writes.append(heads[:, h].detach())
@@ -216,7 +280,15 @@ def attribute_edges_traced(
                 mlp_delta = torch.zeros((rows, seq, d), dtype=dtype, device=device, requires_grad=True)
                 mlp_leaves.append(mlp_delta)
                 xm = _copy0(source, rows, k) + mlp_delta
-                blk.mlp.input = xm if pre_mlp_norm is None else getattr(blk, pre_mlp_norm)(xm)
+                blk.mlp.input = xm if pre_mlp_norm is None else _norm(getattr(blk, pre_mlp_norm), xm,
+                                                                      ln.get(pre_mlp_norm))
+                if identity:
+                    act = getattr(blk.mlp, mlp_act)
+                    act.output = _identity_rule(act.input, act.output)
+                if half:
+                    down = getattr(blk.mlp, mlp_out)
+                    product = down.input
+                    down.input = 0.5 * product + 0.5 * product.detach()
                 mlp_probe = torch.zeros((rows, seq, d), dtype=dtype, device=device, requires_grad=True)
                 mlp_probes.append(mlp_probe)
                 out = _first(blk.mlp.output)
@@ -226,14 +298,17 @@ def attribute_edges_traced(
                 else:
                     blk.mlp.output = _widen(out, k)
                     post = getattr(blk, mlp_post_norm)
-                    out = _copy0(post.output, rows, k)
+                    out = _copy0(_ruled(post, post.input, post.output, ln.get(mlp_post_norm)), rows, k)
                     writes.append(out.detach())
                     post.output = _widen(out + mlp_probe, k)
             logit_delta = torch.zeros((rows, seq, d), dtype=dtype, device=device, requires_grad=True)
-            lm.final_norm.input = lm.final_norm.input + _widen(logit_delta, k)
+            final_in = lm.final_norm.input + _widen(logit_delta, k)
+            lm.final_norm.input = final_in
+            if ln:
+                lm.final_norm.output = _ruled(lm.final_norm, final_in, lm.final_norm.output, ln["final_norm"])
             h_final = _copy0(lm.unembed.input, rows, k)
             lm.unembed.input = h_final[torch.arange(rows, device=device), last].unsqueeze(1)
-            logits = _soft_cap(lm.unembed.output[:, 0], cap)
+            logits = _soft_cap(lm.unembed.output[:, 0], cap, identity)
             picked = torch.arange(rows, device=device)
             ld = logits[picked, answer] - logits[picked, wrong]  # (rows,) in the model's dtype
             ld_all = ld.detach().double().reshape(groups, pairs)
@@ -289,7 +364,7 @@ def attribute_edges_traced(
     seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     progress(1.0, "Done")
     return EdgeAttribution(
-        method=method, rules=Rules(), steps=steps,
+        method=method, rules=rules, steps=steps,
         edge_scores=edge_products.mean(0).numpy(), edge_scores_per_pair=edge_products.numpy(),
         node_scores=node_products.mean(0).numpy(), node_scores_per_pair=node_products.numpy(),
         ld_clean=lds[0].numpy(), ld_corrupted=lds[1].numpy(),

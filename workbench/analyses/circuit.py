@@ -14,10 +14,11 @@ activation), giving the faithfulness curve of the task metric ``M`` (0 corrupted
 Compare the curves: a method whose circuits recover the metric with fewer edges ranks edges better.
 
 On a remote model (``LoadedModel.remote``: NDIF) the attribution and the ablation runs are nnsight traces
-(``circuit_trace``): EAP and EAP-IG run there, one trace per method and one per chunk of circuits, and only
-scores and logit differences come back; RelP (LRP rules installed as hooks) runs on local models only.
-Local models keep the hook-based path (``edge_attribution``, ``circuit_runs``), which the traces equal to
-float round-off (tests/test_circuit_trace.py).
+(``circuit_trace``) that run there: EAP, RelP (its LN, identity and half rules as value-preserving edits
+inside the trace; the optional AH rule is refused) and EAP-IG, one trace per method and one per chunk of
+circuits, and only scores and logit differences come back. Local models keep the hook-based path
+(``edge_attribution``, ``circuit_runs``), which the traces equal to float round-off
+(tests/test_circuit_trace.py).
 """
 
 from __future__ import annotations
@@ -148,9 +149,9 @@ def _traced(model) -> bool:
 def run(ctx, request: CircuitRequest, progress) -> CircuitResult:
     model = ctx.model
     traced = _traced(model)
-    if traced and "relp" in request.methods:
-        raise BadRequest("RelP runs on local models only (its LRP rules are hooks NDIF cannot run); on a remote "
-                         "model choose EAP (atp) and EAP-IG (ig).")
+    if traced and "relp" in request.methods and request.ah_rule:
+        raise BadRequest("RelP's AH rule swaps the model's attention function, which cannot run on NDIF; "
+                         "switch the AH rule off for a remote model.")
     progress(0.0, f"Building {request.n_pairs} {request.task} pairs")
     pairs = pairs_of(model, request, ctx.settings)
     batch = circuit_tasks.encode_pairs(model, pairs, ctx.settings)
@@ -167,8 +168,8 @@ def run(ctx, request: CircuitRequest, progress) -> CircuitResult:
                 progress((i + 0.5 * (fraction or 0.0)) / n, f"{title}: {message}")
 
             if traced:
-                found = circuit_trace.attribute_edges_traced(model, batch, graph, method, steps=request.ig_steps,
-                                                             progress=report)
+                found = circuit_trace.attribute_edges_traced(model, batch, graph, method, rules=rules,
+                                                             steps=request.ig_steps, progress=report)
             else:
                 found = edge_attribution.attribute_edges(model, batch, graph, method, rules=rules,
                                                          steps=request.ig_steps, progress=report)
