@@ -1,6 +1,6 @@
 """Circuit edge attribution and ablation as nnsight traces (workbench.circuit_trace), local and on "NDIF".
 
-* traced == hook-based (``edge_attribution.attribute_edges``, ``circuit_runs.ablate`` /
+* traced == hook-based (``edge_attribution.attribute_edges``, also a pair per trace, ``circuit_runs.ablate`` /
   ``faithfulness_curve``) on tiny models of several architectures: to float32 round-off, and to 1e-9 of
   the largest score in float64 where the model runs in float64;
 * the loopback "server" of tests/test_remote.py (nnsight's RemoteBackend.request replaced by a function that
@@ -67,6 +67,8 @@ def test_traced_attribution_equals_hook_based(task, method):
     traced = ct.attribute_edges_traced(model, batch, graph, method, steps=3)
     _compare_attribution(local, traced, 1e-3)  # float32; measured at most 1e-4 of the largest score
     assert traced.rules == local.rules
+    # one pair per trace (each trimmed to its own length) gives every pair the same scores
+    _compare_attribution(local, ct.attribute_edges_traced(model, batch, graph, method, steps=3, max_rows=1), 1e-3)
     # the edges out of a writer still add up to its node score (an independent gradient, from a probe)
     out = np.zeros(len(graph.writers))
     np.add.at(out, graph.edges[:, 0], traced.edge_scores)

@@ -198,11 +198,14 @@ def attribute_edges_traced(
     *,
     rules: Rules | None = None,
     steps: int = 5,
+    max_rows: int = 64,
     progress: Progress = _no_progress,
 ) -> EdgeAttribution:
-    """``edge_attribution.attribute_edges`` as one nnsight trace (module docstring); runs on NDIF for a
+    """``edge_attribution.attribute_edges`` as nnsight traces (module docstring); runs on NDIF for a
     remote model. ``rules``: RelP's rules (default LN, identity, half; the AH rule is refused here);
-    ignored by the other methods. ``steps``: IG's interpolation points (``alpha = (k - 1/2) / steps``)."""
+    ignored by the other methods. ``steps``: IG's interpolation points (``alpha = (k - 1/2) / steps``).
+    ``max_rows``: pair rows (clean, corrupted and IG groups together, before the widening to one copy
+    per head) per trace; the pairs are split into chunks that fit, each trace giving its pairs' scores."""
     _check_method(method, steps)
     rules = (rules or RELP_RULES) if method == "relp" else Rules()
     if rules.attention:
@@ -210,7 +213,43 @@ def attribute_edges_traced(
                          "function swapped, which a trace cannot do; run RelP without it, or on a local model.")
     steps = int(steps) if method == "ig" else 1
     wall, cpu = time.perf_counter(), time.process_time()
-    progress(0.0, "Clean, corrupted and gradient rows in one traced pass")
+    alphas = [(i + 0.5) / steps for i in range(steps)] if method == "ig" else []
+    groups = 2 + len(alphas)  # clean, corrupted, IG steps
+    per_trace = max(1, max_rows // groups)
+    edges, nodes, lds, gaps = [], [], [], []
+    for start in range(0, len(batch), per_trace):
+        chunk = batch.take(list(range(start, min(start + per_trace, len(batch)))))
+        progress(start / len(batch), f"Clean, corrupted and gradient rows of pairs {start + 1} to "
+                                     f"{start + len(chunk)} of {len(batch)} in one traced pass")
+        found = _attribution_trace(model, chunk, graph, rules, alphas)
+        edges.append(found[0])
+        nodes.append(found[1])
+        lds.append(found[2])
+        gaps.append(found[3])
+    gap = float((torch.cat(lds, 1)[0] - torch.cat(lds, 1)[1]).sum())
+    if abs(gap) < 1e-6:
+        raise BadRequest(GAP_MESSAGE)
+    # each trace normalised M by its own pairs' gap: rescale to the task's (a factor of exactly 1 for one
+    # trace); per-pair scores are scaled by the number of pairs (edge_attribution's convention)
+    factors = [(own / gap) * len(batch) for own in gaps]
+    edges = torch.cat([e * f for e, f in zip(edges, factors, strict=True)])
+    nodes = torch.cat([n * f for n, f in zip(nodes, factors, strict=True)])
+    lds = torch.cat(lds, 1)
+    seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+    progress(1.0, "Done")
+    return EdgeAttribution(
+        method=method, rules=rules, steps=steps,
+        edge_scores=edges.mean(0).numpy(), edge_scores_per_pair=edges.numpy(),
+        node_scores=nodes.mean(0).numpy(), node_scores_per_pair=nodes.numpy(),
+        ld_clean=lds[0].numpy(), ld_corrupted=lds[1].numpy(),
+        seconds=seconds, cpu_seconds=cpu_seconds,
+    )
+
+
+def _attribution_trace(model: LoadedModel, batch: PairBatch, graph: Graph, rules: Rules, alphas: list) -> tuple:
+    """One trace: (pairs, edge) and (pairs, writer) products of ``a_u(clean) - a_u(corrupted)`` with the
+    gradients of M over these pairs (IG: averaged over the points), the (group, pairs) LDs of the clean and
+    corrupted rows, and the gap M was normalised by (its LD_clean - LD_corr summed over these pairs)."""
     lay = _layout(model)
     attn_norm, attn_out, attn_post_norm = lay["attn_norm"], lay["attn_out"], lay["attn_post_norm"]
     pre_mlp_norm, mlp_post_norm, sequential = lay["pre_mlp_norm"], lay["mlp_post_norm"], lay["sequential"]
@@ -219,8 +258,7 @@ def attribute_edges_traced(
     identity, half = rules.identity, rules.half and lay["gated"]
     ln = lay["ln"] if rules.ln else {}  # norm name -> LN rule facts; empty: no LN rule
     n_layers, k, pairs = graph.n_layers, graph.n_heads, len(batch)
-    alphas = [(i + 0.5) / steps for i in range(steps)] if method == "ig" else []
-    groups = 2 + len(alphas)  # clean, corrupted, IG steps
+    groups = 2 + len(alphas)
     rows, seq = groups * pairs, batch.clean_ids.shape[1]
     n_writers, n_readers = len(graph.writers), len(graph.readers)
     ids = torch.cat([batch.clean_ids, *[batch.corrupted_ids] * (groups - 1)])
@@ -314,9 +352,10 @@ def attribute_edges_traced(
             ld_all = ld.detach().double().reshape(groups, pairs)
             gap = float((ld_all[0] - ld_all[1]).sum())
             scale = gap if abs(gap) >= 1e-6 else 1.0
-            # M of every gradient group (the corrupted run for EAP, each IG point), summed: each group's
-            # rows get the gradient of its own M
+            # M of every gradient group (the corrupted run for EAP, each IG point) over this trace's pairs,
+            # summed: each group's rows get the gradient of their own M (rescaled to the task's gap after)
             metric = (ld.reshape(groups, pairs)[min(2, groups - 1):] - ld_all[1].to(ld)).sum() / scale
+            scale = nnsight.save(scale)
             leaves = head_leaves + mlp_leaves
             leaves.append(logit_delta)
             leaves.append(embed_probe)
@@ -354,22 +393,11 @@ def attribute_edges_traced(
             left = diff.permute(1, 0, 2, 3).reshape(pairs, n_writers, -1)
             right = reader_all.permute(1, 0, 2, 3).reshape(pairs, n_readers, -1)
             full = torch.bmm(left, right.transpose(1, 2))  # (pairs, writer, reader)
-            edge_products = nnsight.save(full[:, edges[:, 0], edges[:, 1] - 1] * pairs)
+            edge_products = nnsight.save(full[:, edges[:, 0], edges[:, 1] - 1])
             writer_all = torch.stack(writer_grads).double().reshape(n_writers, groups, pairs, seq, d)[:, first:]
-            node_products = nnsight.save((diff * writer_all.mean(1)).sum((2, 3)).T * pairs)
-            lds = nnsight.save(ld_all)
-    edge_products, node_products, lds = edge_products.detach().cpu(), node_products.detach().cpu(), lds.cpu()
-    if abs(float((lds[0] - lds[1]).sum())) < 1e-6:
-        raise BadRequest(GAP_MESSAGE)
-    seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
-    progress(1.0, "Done")
-    return EdgeAttribution(
-        method=method, rules=rules, steps=steps,
-        edge_scores=edge_products.mean(0).numpy(), edge_scores_per_pair=edge_products.numpy(),
-        node_scores=node_products.mean(0).numpy(), node_scores_per_pair=node_products.numpy(),
-        ld_clean=lds[0].numpy(), ld_corrupted=lds[1].numpy(),
-        seconds=seconds, cpu_seconds=cpu_seconds,
-    )
+            node_products = nnsight.save((diff * writer_all.mean(1)).sum((2, 3)).T)
+            lds = nnsight.save(ld_all[:2])
+    return edge_products.detach().cpu(), node_products.detach().cpu(), lds.detach().cpu(), float(scale)
 
 
 # ---------------------------------------------------------------------- ablation
