@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -193,6 +194,7 @@ def _check_requests(sent, seen, server_model, client_model, n):
             assert _same(value, local_frame[name]), name
         assert "model" not in variables  # the LoadedModel (it holds a lock) never travels
         assert b"def _widen(x, k):" in raw and b"def _copy0(x, rows, k):" in raw  # helpers travel as source
+        assert re.search(rb"workbench\.\w", raw) is None  # nothing to import from workbench (NDIF lacks it)
         assert request_model.model_key == remote.default_model_key("tiny-org/tiny-llama")
         assert backend.api_key == "test-key" and b"test-key" not in raw
         for name, param in server_model.hf_model.named_parameters():
