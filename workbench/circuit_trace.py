@@ -28,8 +28,9 @@ pair's last real token). RelP's rules (``interventions``) become value-preservin
 ``y.detach() + (linear term, zero in value)`` of the same values: the LN rule on every norm call that
 reaches the result (the ad-hoc ones included) and on the final norm, the identity rule on the MLP
 activation and the soft-cap, the half rule on the gated product. Module roles come from the adapter.
-The blocks read only plain locals (ints, strings, tensors) and the model's envoys, the in-trace
-helpers are shipped by value (``nnsight.register``), and every trace takes ``remote.trace_options``: on a remote model
+The blocks read only plain locals (ints, strings, tensors, moved inside the block to the device the
+activations are on: NDIF's, not this machine's) and the model's envoys, the in-trace helpers are shipped
+by value (``nnsight.register``), and every trace takes ``remote.trace_options``: on a remote model
 (``LoadedModel.remote``) the very same block runs on NDIF (tests/test_circuit_trace.py checks this with
 the loopback server of tests/test_remote.py: same shipped program, bit-identical scores).
 
@@ -345,10 +346,10 @@ def _attribution_trace(model: LoadedModel, batch: PairBatch, graph: Graph, rules
             if ln:
                 lm.final_norm.output = _ruled(lm.final_norm, final_in, lm.final_norm.output, ln["final_norm"])
             h_final = _copy0(lm.unembed.input, rows, k)
-            lm.unembed.input = h_final[torch.arange(rows, device=device), last].unsqueeze(1)
+            lm.unembed.input = h_final[torch.arange(rows, device=device), last.to(device)].unsqueeze(1)
             logits = _soft_cap(lm.unembed.output[:, 0], cap, identity)
             picked = torch.arange(rows, device=device)
-            ld = logits[picked, answer] - logits[picked, wrong]  # (rows,) in the model's dtype
+            ld = logits[picked, answer.to(device)] - logits[picked, wrong.to(device)]  # (rows,) model's dtype
             ld_all = ld.detach().double().reshape(groups, pairs)
             gap = float((ld_all[0] - ld_all[1]).sum())
             scale = gap if abs(gap) >= 1e-6 else 1.0
@@ -393,7 +394,7 @@ def _attribution_trace(model: LoadedModel, batch: PairBatch, graph: Graph, rules
             left = diff.permute(1, 0, 2, 3).reshape(pairs, n_writers, -1)
             right = reader_all.permute(1, 0, 2, 3).reshape(pairs, n_readers, -1)
             full = torch.bmm(left, right.transpose(1, 2))  # (pairs, writer, reader)
-            edge_products = nnsight.save(full[:, edges[:, 0], edges[:, 1] - 1])
+            edge_products = nnsight.save(full[:, edges[:, 0].to(device), edges[:, 1].to(device) - 1])
             writer_all = torch.stack(writer_grads).double().reshape(n_writers, groups, pairs, seq, d)[:, first:]
             node_products = nnsight.save((diff * writer_all.mean(1)).sum((2, 3)).T)
             lds = nnsight.save(ld_all[:2])
@@ -465,8 +466,9 @@ def _ablation_trace(model: LoadedModel, batch: PairBatch, graph: Graph, keep: to
         with lm.trace(inputs, **remote.trace_options(model.remote)):
             x = lm.layers[0].input
             d, dtype, device = x.shape[-1], x.dtype, x.device
+            dropped = dropped.to(device)
             diffs = torch.zeros((n_writers, groups, pairs, seq, d), dtype=dtype, device=device)
-            weights = real.to(dtype).reshape(pairs, seq, 1)
+            weights = real.to(device=device, dtype=dtype).reshape(pairs, seq, 1)
             count = weights.sum(0).clamp(min=1)
             value = _copy0(x, rows, k).reshape(groups, pairs, seq, d)
             base = (value[0] * weights).sum(0, keepdim=True) / count if mean else value[0]
@@ -519,10 +521,11 @@ def _ablation_trace(model: LoadedModel, batch: PairBatch, graph: Graph, keep: to
             delta = _ablation_delta(dropped, diffs, n_writers, [n_layers * (k + 1)])[:, 0]
             lm.final_norm.input = lm.final_norm.input + _widen(delta, k)
             h_final = _copy0(lm.unembed.input, rows, k)
-            lm.unembed.input = h_final[torch.arange(rows, device=device), last].unsqueeze(1)
+            lm.unembed.input = h_final[torch.arange(rows, device=device), last.to(device)].unsqueeze(1)
             logits = _soft_cap(lm.unembed.output[:, 0], cap).double()
             picked = torch.arange(rows, device=device)
-            lds = nnsight.save((logits[picked, answer] - logits[picked, wrong]).reshape(groups, pairs))
+            ld = logits[picked, answer.to(device)] - logits[picked, wrong.to(device)]
+            lds = nnsight.save(ld.reshape(groups, pairs))
     return lds.detach().cpu()
 
 
