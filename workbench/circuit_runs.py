@@ -32,7 +32,8 @@ Syed, Rager & Conmy (2023, EAP) and Hanna, Pezzelle & Belinkov (2024, EAP-IG):
 
 Plain PyTorch hooks on the HF modules, like ``interventions``, and under ``interventions.lrp_rules``
 (which selects eager attention), so RelP's rules reach the norms this module re-applies. Batch rows
-are widened inside the run, so this runs locally; what NDIF needs is listed in ``edge_attribution``.
+are widened inside the run, so this runs locally; ``circuit_trace`` is the same run as nnsight traces
+(ablation with the source computed in the same forward), which run on NDIF.
 """
 
 from __future__ import annotations

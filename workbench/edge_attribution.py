@@ -27,14 +27,11 @@ rule it equals the sum of the scores of the edges out of ``u``. ``M`` is normali
 so the task-level scores are sums over pairs; per-pair scores are scaled by the number of pairs, so
 their mean over pairs is the task-level score.
 
-Scale-out (NDIF), what remains: these passes are plain-PyTorch hooks on the HF modules that widen the
-batch to one copy per head and re-apply norms inside hooks. As an nnsight trace each hook becomes an
-intervention on the same module (the block input, the attention input, the output projection's input
-and output, the MLP's input and output, the final norm and unembedding), the batch is widened by
-passing the repeated ids, the rules become the value-preserving ``x_rule + (x - x_rule).detach()``
-edits ``interventions`` already uses, the zero deltas are created inside the trace, and
-``.grad`` of each delta is saved; the per-copy MLP shortcut (copy 0 only) must then be replaced by
-running the MLP on every copy. None of that is done yet; everything here runs locally.
+Scale-out (NDIF): these passes are plain-PyTorch hooks on the HF modules, so they run locally. Their
+nnsight form, which runs on NDIF unchanged, is ``circuit_trace.attribute_edges_traced`` (the batch widened
+by repeated ids, each hook an intervention on the same envoy, the rules as value-preserving edits except
+the AH rule, the gradient taken inside the trace); it gives these scores to float round-off
+(tests/test_circuit_trace.py), and the circuit analysis uses it for a remote model.
 """
 
 from __future__ import annotations

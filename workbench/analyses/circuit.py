@@ -12,6 +12,13 @@ activation), giving the faithfulness curve of the task metric ``M`` (0 corrupted
 ``circuit_tasks.task_metric``), its normalised area over log size and the smallest circuit recovering 80 %.
 
 Compare the curves: a method whose circuits recover the metric with fewer edges ranks edges better.
+
+On a remote model (``LoadedModel.remote``: NDIF) the attribution and the ablation runs are nnsight traces
+(``circuit_trace``) that run there: EAP, RelP (its LN, identity and half rules as value-preserving edits
+inside the trace; the optional AH rule is refused) and EAP-IG, one trace per method and one per chunk of
+circuits, and only scores and logit differences come back. Local models keep the hook-based path
+(``edge_attribution``, ``circuit_runs``), which the traces equal to float round-off
+(tests/test_circuit_trace.py).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workbench import circuit_runs, circuit_tasks, edge_attribution
+from workbench import circuit_runs, circuit_tasks, circuit_trace, edge_attribution
 from workbench.analyses.base import Analysis
 from workbench.circuit_graph import Graph, graph_for
 from workbench.errors import BadRequest
@@ -134,10 +141,17 @@ def check(request: CircuitRequest, settings) -> None:
         prompts.check_text(row[1], settings)
 
 
+def _traced(model) -> bool:
+    """Whether the analysis runs as nnsight traces (``circuit_trace``): for a model on NDIF."""
+    return getattr(model, "remote", None) is not None
+
+
 def run(ctx, request: CircuitRequest, progress) -> CircuitResult:
     model = ctx.model
-    if getattr(model, "remote", None) is not None:
-        raise BadRequest("Circuits run locally only for now: their split-input passes use hooks NDIF cannot run.")
+    traced = _traced(model)
+    if traced and "relp" in request.methods and request.ah_rule:
+        raise BadRequest("RelP's AH rule swaps the model's attention function, which cannot run on NDIF; "
+                         "switch the AH rule off for a remote model.")
     progress(0.0, f"Building {request.n_pairs} {request.task} pairs")
     pairs = pairs_of(model, request, ctx.settings)
     batch = circuit_tasks.encode_pairs(model, pairs, ctx.settings)
@@ -153,11 +167,15 @@ def run(ctx, request: CircuitRequest, progress) -> CircuitResult:
             def report(fraction, message, i=i, title=METHOD_TITLES[method]):
                 progress((i + 0.5 * (fraction or 0.0)) / n, f"{title}: {message}")
 
-            found = edge_attribution.attribute_edges(model, batch, graph, method, rules=rules,
-                                                     steps=request.ig_steps, progress=report)
+            if traced:
+                found = circuit_trace.attribute_edges_traced(model, batch, graph, method, rules=rules,
+                                                             steps=request.ig_steps, progress=report)
+            else:
+                found = edge_attribution.attribute_edges(model, batch, graph, method, rules=rules,
+                                                         steps=request.ig_steps, progress=report)
             attributions.append(found)
             start = time.perf_counter()
-            curve = circuit_runs.faithfulness_curve(
+            curve = (circuit_trace.faithfulness_curve_traced if traced else circuit_runs.faithfulness_curve)(
                 model, batch, graph, found.edge_scores, sizes, request.source,
                 progress=lambda f, m, i=i, title=METHOD_TITLES[method]: progress((i + 0.5 + 0.5 * f) / n,
                                                                                  f"{title}: {m}"))
@@ -167,6 +185,8 @@ def run(ctx, request: CircuitRequest, progress) -> CircuitResult:
     recovering = [circuit_runs.smallest_recovering(c.sizes, c.metric, TARGET) for c in curves]
     rule_words = "RelP rules: LN, identity, half" + (", AH" if request.ah_rule else "") + \
         f"; IG: {request.ig_steps} steps; ablated edges carry the {request.source} activation"
+    if getattr(model, "remote", None) is not None:
+        rule_words += "; run as nnsight traces on NDIF"
     first = attributions[0]
     return CircuitResult(
         model_name=model.name, task=request.task if request.task != "csv" else f"csv: {request.csv_name}",
