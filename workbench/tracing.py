@@ -1,4 +1,5 @@
-"""The only module that opens nnsight traces.
+"""The module that opens nnsight traces for the analyses' generic reads (the circuit passes, which
+widen the batch per head and take gradients inside the trace, open their own in ``circuit_trace``).
 
 Owns running a model under nnsight and handing back plain tensors. Every trace
 holds the model's lock, so Streamlit sessions sharing one model never run
