@@ -76,7 +76,7 @@ def main() -> None:
             for path in args.pages:
                 for tab, buttons in PAGES[path]:
                     page.goto(f"{url}/{path}{'&' if '?' in path else '?'}model={model}")
-                    page.wait_for_selector(IDLE, timeout=120_000)
+                    page.wait_for_selector(IDLE, timeout=args.timeout * 1000)  # a link runs its request at once
                     if tab:
                         page.get_by_role("tab", name=tab).click()
                     finished = True
