@@ -8,9 +8,11 @@ from plotly.subplots import make_subplots
 
 from workbench.analyses.lens_comparison import LensComparisonResult
 from workbench.figures import LINE_COLORS, SEQUENTIAL, display_token, plain
-from workbench.figures.axes import CELL_TEXT_PX, KL_FLOOR, cell_chars, floored, keep_labels, log_axis, shorten
+from workbench.figures.axes import CELL_TEXT_PX, KL_FLOOR, floored, keep_labels, log_axis, shorten
 
 COLORS = (*LINE_COLORS, "#E69F00", "#56B4E9")  # Okabe-Ito, colour-blind safe
+ROW_PX = 90  # height of one lens row in the grid
+CELL_CHARS = 12  # longest token written (upright) in a grid cell, ellipsis included
 
 
 def _layer_ticks(labels) -> dict:
@@ -24,8 +26,8 @@ def grid(result: LensComparisonResult) -> go.Figure:
     n_lens, n_slots, k = result.top_tokens.shape
     titles = result.titles()
     text = np.vectorize(display_token, otypes=[object])(result.top_tokens)
-    width = cell_chars(n_slots)
-    cells = np.vectorize(lambda t: shorten(t, width), otypes=[object])(text[:, :, 0])
+    # tokens written upright in their cells: a lens row is tall and a layer column narrow
+    cells = np.vectorize(lambda t: shorten(t, CELL_CHARS), otypes=[object])(text[:, :, 0])
     hover = np.empty((n_lens, n_slots), dtype=object)
     for i in range(n_lens):
         for s in range(n_slots):
@@ -33,16 +35,21 @@ def grid(result: LensComparisonResult) -> go.Figure:
             hover[i, s] = (f"{titles[i]}, layer {result.layer_labels[s]}<br>{ranked}"
                            f"<br>fit: {plain(str(result.fit_note[i]))}")
     fig = go.Figure(go.Heatmap(
-        z=result.top_probs[:, :, 0], x=np.arange(n_slots), y=np.arange(n_lens), text=cells, texttemplate="%{text}",
-        textfont={"size": CELL_TEXT_PX}, customdata=hover, hovertemplate="%{customdata}<extra></extra>",
-        colorscale=SEQUENTIAL, zmin=0.0, zmax=1.0, colorbar={"title": {"text": "top-1 prob"}}))
+        z=result.top_probs[:, :, 0], x=np.arange(n_slots), y=np.arange(n_lens), customdata=hover,
+        hovertemplate="%{customdata}<extra></extra>", colorscale=SEQUENTIAL, zmin=0.0, zmax=1.0,
+        colorbar={"title": {"text": "top-1 prob"}}))
+    for i in range(n_lens):
+        for s in range(n_slots):  # dark text on the light (high-probability) end of Viridis
+            fig.add_annotation(x=s, y=i, text=str(cells[i, s]), textangle=-90, showarrow=False,
+                               font={"size": CELL_TEXT_PX,
+                                     "color": "#000000" if result.top_probs[i, s, 0] > 0.6 else "#ffffff"})
     last = display_token(str(result.tokens[-1])) if len(result.tokens) else ""
     fig.update_layout(
-        title=f"Every lens on the same states: next token after {last!s} (last position), {plain(result.model_name)}",
+        title=f"Every lens on the same states: next token after ‘{last!s}’ (last position), {plain(result.model_name)}",
         xaxis={"title": "layer (residual after block)", **_layer_ticks(list(result.layer_labels))},
         yaxis={"title": "lens", "tickmode": "array", "tickvals": list(range(n_lens)), "ticktext": titles,
                "autorange": "reversed"},
-        height=max(300, 48 * n_lens + 170), margin={"l": 120, "r": 20, "t": 60, "b": 60})
+        height=max(320, ROW_PX * n_lens + 170), margin={"l": 120, "r": 20, "t": 60, "b": 60})
     return keep_labels(fig, xaxis=list(result.layer_labels), yaxis=titles)
 
 
