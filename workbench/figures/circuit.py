@@ -62,9 +62,9 @@ from workbench.figures.axes import decade_ticks, keep_labels
 POSITIVE, NEGATIVE = "#0072B2", "#D55E00"  # Okabe-Ito blue and vermillion
 INACTIVE = "#bbbbbb"  # a node none of whose edges is drawn
 MAX_EDGES_DRAWN = 500
-WIDTHS = (0.75, 1.75, 3.0, 4.5)  # px per bucket of |score| / largest drawn |score|: [0, .25), ..., [.75, 1]
+WIDTHS = (1.25, 2.25, 3.5, 5.0)  # px per bucket of |score| / largest drawn |score|: [0, .25), ..., [.75, 1]
 DIM_OPACITY = 0.15  # edges away from a highlighted node
-EDGE_OPACITY = 0.7
+EDGE_OPACITY = 0.85
 SYMBOLS = {"embed": "diamond", "head": "circle", "mlp": "square", "logits": "diamond"}
 TARGET = 0.8  # the share of the metric a "faithful" circuit recovers
 JSON_FORMAT, JSON_VERSION = "layerlens-circuit-graph", 1
@@ -223,7 +223,7 @@ def graph_figure(nodes: Sequence[Node], edges, scores, threshold: float, highlig
         title={"text": plain(title) if title else "Circuit graph", "subtitle": {"text": plain(subtitle)}},
         xaxis={"title": "layer (embeddings, then per block: attention heads, MLP; then logits)",
                "tickmode": "array", "tickvals": ticks, "ticktext": [labels[t] for t in ticks],
-               "showgrid": False, "zeroline": False, "range": [-0.8, len(labels) - 0.2]},
+               "showgrid": False, "zeroline": False, "range": [-1.4, len(labels) + 0.2]},  # room for end labels
         yaxis={"visible": False, "range": [-1.35, 1.35]},
         legend={"orientation": "h", "y": -0.2}, hovermode="closest", height=520, margin={"t": 90},
     )
@@ -398,7 +398,7 @@ def node_pairs_figure(result, method: str, node: str) -> go.Figure:
     fig.add_hline(y=float(result.node_scores[index, writer]), line={"dash": "dash", "color": "#000000"},
                   annotation_text="mean", annotation_position="top left")
     fig.update_layout(title=f"{plain(node)}: score per pair ({method}, {plain(result.task)})", height=320,
-                      xaxis_title="pair", yaxis_title="node score (change of the task metric)",
+                      xaxis={"title": "pair", "type": "category"}, yaxis_title="node score (change of the task metric)",
                       margin={"l": 70, "r": 20, "t": 60, "b": 50})
     return fig
 
