@@ -61,8 +61,8 @@ if (result := form.run(ANALYSIS, "Choose a task and press **Run latent-language 
         for index, code in enumerate(result.langs):
             row = {"probability": label, "language": names.get(str(code), str(code)),
                    "prompts": int(means.counted[index])}
-            row.update({f"{name} depth ({result.layer_labels[slot]})": float(means.mean[index, slot])
-                        for name, slot in depth})
+            row.update({f"{name} depth ({result.layer_labels[slot]})": f"{float(means.mean[index, slot]):.3g}"
+                        for name, slot in depth})  # three significant digits: tiny values stay readable
             rows.append(row)
     st.caption("Mean probability per language at a quarter, half, three quarters and all of the depth.")
     st.dataframe(rows, hide_index=True)
