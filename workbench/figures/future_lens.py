@@ -59,9 +59,10 @@ def _panels(result: FutureLensResult, rows: list[tuple[str, np.ndarray]], title:
                     ), row=r, col=c)
         fig.update_yaxes(title_text=label, row=r, col=1)
     fig.update_xaxes(**_ticks(result))
-    fig.update_layout(title=title, height=300 + 240 * (len(rows) - 1),
-                      legend={"orientation": "h", "y": -0.18, "x": 0.5, "xanchor": "center"},
-                      margin={"l": 70, "r": 20, "t": 80, "b": 90})
+    single = len(rows) == 1  # one row of panels: the legend goes further down, below the axis title
+    fig.update_layout(title=title, height=330 + 240 * (len(rows) - 1),
+                      legend={"orientation": "h", "y": -0.42 if single else -0.18, "x": 0.5, "xanchor": "center"},
+                      margin={"l": 70, "r": 20, "t": 80, "b": 120 if single else 90})
     names = [f"xaxis{i if i > 1 else ''}" for i in range(1, len(rows) * len(horizons) + 1)]
     return keep_labels(fig, **{name: list(result.layer_labels) for name in names})
 
