@@ -40,9 +40,9 @@ def depth_slots(n_blocks: int) -> list[int]:
     return sorted({0, n_blocks // 4, n_blocks // 2, (3 * n_blocks) // 4, n_blocks - 1})
 
 
-def thirds(n_blocks: int) -> dict[str, np.ndarray]:
-    """The slots below L split into early, middle and late thirds."""
-    slots = np.arange(n_blocks)
+def thirds(n_blocks: int, first: int = 0) -> dict[str, np.ndarray]:
+    """The slots ``first`` .. L-1 split into early, middle and late thirds of the depth."""
+    slots = np.arange(first, n_blocks)
     return {"early": slots[slots < n_blocks / 3], "middle": slots[(slots >= n_blocks / 3) & (slots < 2 * n_blocks / 3)],
             "late": slots[slots >= 2 * n_blocks / 3]}
 
@@ -75,20 +75,25 @@ def report(result, model_name: str, wall: float, cpu: float) -> str:
         lines.append(f"| {LENS_TITLES[name]} | {float(result.fit_seconds[i]):.1f} | {int(result.fit_tokens[i])} | "
                      f"{result.fit_note[i]} |")
     logit = names.index("logit")
-    bands = thirds(n_blocks)
     lines += ["", "KL gap, logit lens minus learned lens (nats; positive: the learned map is closer to the final "
-              "distribution), mean over each third of the slots < L; also as a share of the logit lens's KL:", "",
-              "| lens | early | middle | late | finding holds (gap early and middle > late) |", "|---|---|---|---|---|"]
-    for name in LEARNED:
-        if name not in names:
-            continue
-        i = names.index(name)
-        gap = result.kl[logit] - result.kl[i]
-        by = {band: float(np.mean(gap[s])) for band, s in bands.items()}
-        share = {band: float(np.mean(gap[s]) / np.mean(result.kl[logit][s])) for band, s in bands.items()}
-        holds = by["early"] > by["late"] and by["middle"] > by["late"]
-        lines.append(f"| {LENS_TITLES[name]} | " + " | ".join(f"{by[b]:+.2f} ({share[b]:+.0%})" for b in bands) +
-                     f" | {'yes' if holds else 'no'} |")
+              "distribution), mean over each third of the depth below L; in brackets, as a share of the logit lens's "
+              "KL there. Slot 0 (the embeddings, where the logit lens is far off) is counted in the first rows and "
+              "left out in the second:", "",
+              "| lens | slots | early | middle | late | finding holds (gap early and middle > late) |",
+              "|---|---|---|---|---|---|"]
+    for first in (0, 1):
+        bands = thirds(n_blocks, first)
+        for name in LEARNED:
+            if name not in names:
+                continue
+            i = names.index(name)
+            gap = result.kl[logit] - result.kl[i]
+            by = {band: float(np.mean(gap[s])) for band, s in bands.items()}
+            share = {band: float(np.mean(gap[s]) / np.mean(result.kl[logit][s])) for band, s in bands.items()}
+            holds = by["early"] > by["late"] and by["middle"] > by["late"]
+            lines.append(f"| {LENS_TITLES[name]} | {first}..{n_blocks - 1} | " +
+                         " | ".join(f"{by[b]:+.2f} ({share[b]:+.0%})" for b in bands) +
+                         f" | {'yes' if holds else 'no'} (in nats) |")
     lines += ["", f"Prompt {PROMPT!r}: top-1 next token under each lens (probability):", "",
               "| lens | " + " | ".join(f"slot {s}" for s in slots) + f" | slot {n_blocks} |",
               "|" + "---|" * (2 + len(slots))]
