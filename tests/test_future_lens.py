@@ -299,14 +299,14 @@ def test_smollm2_maps_anticipate_tokens_beyond_the_next_better_than_the_logit_le
     against 8.7-113 (t+2). The model's own top-1 on those tokens, with their full context, is 0.31.
     One epoch of the readout (b) lowers (a)'s NLL at every slot and horizon (t+2, last slot: 6.77 ->
     6.22) and lifts t+2 top-1 at the last slots to 0.08-0.10; 18 min wall on a loaded 2-core machine."""
-    request = FutureLensRequest(PROMPT, fit_chunks=64, eval_chunks=8, epochs=1)
+    request = FutureLensRequest(PROMPT, fit_chunks=32, eval_chunks=6, epochs=1)  # 64/8 took 18 min on a busy CI-sized machine
     result = workbench.future_lens("smollm2-135m", request)
     np.set_printoptions(precision=3, linewidth=250)
     for m, method in enumerate(result.methods):  # the per-layer numbers, for the record (pytest -s)
         print(method, "top-1", result.top1[m], "NLL", result.nll[m], sep="\n")
     print("copy", result.copy_top1, "model", result.model_top1, "candidates", result.candidates)
     n_slots = len(result.layer_labels)
-    assert n_slots == 31 and result.eval_tokens == 8 * 60
+    assert n_slots == 31 and result.eval_tokens == 6 * 60
     for i in (1, 2):  # tokens t+2 and t+3
         # (a) gives the true token far more probability than the logit lens at every slot
         assert (result.nll[1, i] < result.nll[0, i]).all()
