@@ -28,6 +28,7 @@ from workbench.analyses.attention_sinks import SinkProbeRequest
 from workbench.analyses.concept_depth import ConceptDepthRequest
 from workbench.analyses.depth_use import DepthUseRequest
 from workbench.analyses.latent_language import LatentLanguageRequest
+from workbench.analyses.lens_comparison import LensComparisonRequest
 from workbench.analyses.linear_shortcut import LinearShortcutRequest
 from workbench.analyses.logit_lens import LogitLensRequest
 from workbench.analyses.neuron_classes import NeuronClassRequest
@@ -108,6 +109,9 @@ PROMPT_ENTRY_POINTS: dict[str, Callable[[Workbench, str, object], object]] = {
     "neuron_effect": lambda wb, m, p: wb.neuron_effect(m, NeuronEffectRequest(p, 0, 0)),
     "patching": lambda wb, m, p: wb.patching(m, PatchingRequest(p, CORRUPTED, " Mary", " John")),
     "concept_depth": lambda wb, m, p: wb.concept_depth(m, ConceptDepthRequest("t", TEXTS[:-1] + (p,), LABELS)),
+    "lens_comparison": lambda wb, m, p: wb.lens_comparison(m, LensComparisonRequest(p, lenses=("logit",),
+                                                                                    eval_chunks=0)),
+    "head_attention": lambda wb, m, p: wb.head_attention(m, p, 0, 0),
 }
 OTHER_ENTRY_POINTS: dict[str, Callable[[Workbench, str], object]] = {
     "latent_language": lambda wb, m: wb.latent_language(m, LatentLanguageRequest()),
@@ -134,7 +138,12 @@ ALL_ENTRY_POINTS = {
 }
 # Public Workbench methods that are plumbing, not analyses a user asks for.
 NOT_ENTRY_POINTS = {"close", "local_model", "model", "run", "concept_features",
-                    "tuned_lens_trainer", "check_linked_model"}  # the last: tests/test_model_access.py
+                    "tuned_lens_trainer", "check_linked_model",  # the last: tests/test_model_access.py
+                    # their bad input is tested in their own modules (test_circuit_analysis, test_decoder_lens,
+                    # test_future_lens, test_shortcut_grid, test_lens_fitting): they fit or need other models
+                    "circuit", "decoder_lens", "future_lens", "shortcut_grid", "fitted_lens", "lens_fit_status",
+                    "start_lens_fit", "stop_lens_fit",
+                    "patchscope"}  # test_patchscope: a bytes prompt is a BadRequest there, not a BadPrompt
 
 
 def test_every_analysis_entry_point_is_covered():

@@ -39,7 +39,8 @@ STEPS = (3, 15)  # a server is killed after this many finished steps (random, in
 MAX_BYTES = 150_000  # tiny-model results are 1-15 kB, activation sets 30 kB; neuron contexts (~255 kB) too large
 SLACK = 256 << 10  # the worker's compaction constant: compacts every few dozen writes
 SESSIONS = 3
-WALL_TIME = {"seconds", "seconds_act", "seconds_atp", "seconds_relp"}  # result fields that time a run: not compared
+WALL_TIME = {"seconds", "seconds_act", "seconds_atp", "seconds_relp",  # result fields that time a run: not compared
+             "attribution_seconds", "curve_seconds", "fit_seconds"}
 FINISHED = {"done", "refused", "bad", "bug"}
 
 

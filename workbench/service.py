@@ -67,6 +67,9 @@ class Workbench:
         self.runtime = Runtime(self.settings, self.store)
 
     def close(self) -> None:
+        """Stop this workbench's background jobs (tuned-lens training, lens fits), then close the store."""
+        self.runtime.trainers.stop_all()
+        self.runtime.fits.stop_all()
         self.store.close()
 
     def run(self, analysis: Analysis, model_name: str, request, progress: Progress = _silent, on_partial=None):
