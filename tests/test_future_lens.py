@@ -299,7 +299,8 @@ def test_smollm2_maps_anticipate_tokens_beyond_the_next_better_than_the_logit_le
     against 8.7-113 (t+2). The model's own top-1 on those tokens, with their full context, is 0.31.
     One epoch of the readout (b) lowers (a)'s NLL at every slot and horizon (t+2, last slot: 6.77 ->
     6.22) and lifts t+2 top-1 at the last slots to 0.08-0.10; 18 min wall on a loaded 2-core machine."""
-    request = FutureLensRequest(PROMPT, fit_chunks=32, eval_chunks=6, epochs=1)  # 64/8 took 18 min on a busy CI-sized machine
+    # 32 fitting / 6 held-out chunks (64 / 8 took 18 min on a busy 2-core machine)
+    request = FutureLensRequest(PROMPT, fit_chunks=32, eval_chunks=6, epochs=1)
     result = workbench.future_lens("smollm2-135m", request)
     np.set_printoptions(precision=3, linewidth=250)
     for m, method in enumerate(result.methods):  # the per-layer numbers, for the record (pytest -s)
