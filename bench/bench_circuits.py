@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 
 import numpy as np
 import torch
 
-from bench.common import throwaway_workbench
+from bench.common import cpu, throwaway_workbench
 from workbench import circuit_runs as cr
 from workbench import edge_attribution as ea
 from workbench import interventions
@@ -101,12 +100,6 @@ def activation_patching_nodes(model, batch, graph) -> np.ndarray:
         mlp = run("mlp", layer, lambda x, layer=layer: clean[("mlp", layer)], 1)
         out[cr.writer_index(graph, "mlp", layer)] = mlp[0]
     return out
-
-
-def cpu(action):
-    start = time.process_time()
-    value = action()
-    return value, time.process_time() - start
 
 
 def main() -> None:

@@ -16,22 +16,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
 
 from bench.bench_logit_lens import PROMPT
-from bench.common import median_seconds, throwaway_workbench
+from bench.common import cpu, median_seconds, throwaway_workbench
 from workbench import lenses, prompts, tracing
 from workbench.analyses import future_lens
 from workbench.analyses.future_lens import FutureLensRequest, apply_affine, fit_affine, with_ones
 from workbench.analyses.tuned_lens import corpus_chunks
-
-
-def cpu(action):
-    start = time.process_time()
-    value = action()
-    return value, time.process_time() - start
 
 
 def main() -> None:

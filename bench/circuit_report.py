@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import printing_progress
 from workbench import prompts, tracing
 from workbench.analyses.circuit import METHOD_TITLES, CircuitRequest
 from workbench.service import Workbench
@@ -161,13 +162,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("LAYERLENS_THREADS", "1")))
     wb = Workbench()
-    last = [-1.0]
-
-    def progress(fraction, message):
-        if fraction is not None and fraction - last[0] >= 0.05:
-            last[0] = fraction
-            print(f"  {fraction:4.0%} {message}", flush=True)
-
     def emit(text: str) -> None:
         print(text, flush=True)
         if args.out is not None:
@@ -177,9 +171,8 @@ def main() -> None:
 
     try:
         for task in args.tasks:
-            last[0] = -1.0
             start = time.perf_counter()
-            result = wb.circuit(args.model, CircuitRequest(task, n_pairs=args.pairs), progress)
+            result = wb.circuit(args.model, CircuitRequest(task, n_pairs=args.pairs), printing_progress())
             emit(curve_tables(result, time.perf_counter() - start))
             if task == "ioi":
                 emit(head_tables(result, ioi_attention(wb, args.model, result)))

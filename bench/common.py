@@ -35,6 +35,25 @@ def interleaved_medians(actions: list[Callable[[], object]], repeats: int,
     return [statistics.median(bucket) for bucket in times]
 
 
+def cpu(action: Callable[[], object]) -> tuple[object, float]:
+    """``action()``'s value and the process CPU seconds it took (all threads)."""
+    start = time.process_time()
+    value = action()
+    return value, time.process_time() - start
+
+
+def printing_progress(step: float = 0.05) -> Callable[[float | None, str], None]:
+    """A progress callback for long benchmarks: prints a line each time the fraction moves by ``step``."""
+    last = [-1.0]
+
+    def progress(fraction: float | None, message: str) -> None:
+        if fraction is not None and fraction - last[0] >= step:
+            last[0] = fraction
+            print(f"  {fraction:4.0%} {message}", flush=True)
+
+    return progress
+
+
 @contextlib.contextmanager
 def throwaway_workbench() -> Iterator[Workbench]:
     """A Workbench whose store lives in a temporary folder but which uses the converted models."""

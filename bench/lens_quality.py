@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import printing_progress
 from workbench.analyses.lens_comparison import LENS_TITLES, LensComparisonRequest
 from workbench.service import Workbench
 
@@ -125,12 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("LAYERLENS_THREADS", "1")))
     wb = Workbench()
-    last = [-1.0]
-
-    def progress(fraction, message):
-        if fraction is not None and fraction - last[0] >= 0.05:
-            last[0] = fraction
-            print(f"  {fraction:4.0%} {message}", flush=True)
+    progress = printing_progress()
 
     try:
         request = LensComparisonRequest(PROMPT, lenses=("logit", "linear_shortcut", "jacobian", "patchscope"),
