@@ -37,6 +37,19 @@ def tiny_dirs(tiny_root) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def arch_dirs(tiny_root):
+    """arch -> a tiny model directory of any architecture of tests/tiny_models.py, built on first use."""
+    built = {}
+
+    def get(arch: str):
+        if arch not in built:
+            built[arch] = build_model_dir(arch, tiny_root / f"arch-{arch}")
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def seq2seq_dirs(tiny_root) -> dict[str, str]:
     """Tiny random encoder-decoder models (T5, BART), under the model roots."""
     return {arch: str(build_seq2seq_dir(arch, tiny_root / f"seq2seq-{arch}")) for arch in SEQ2SEQ_ARCHITECTURES}

@@ -53,28 +53,14 @@ POST_NORMS = {"gemma2": ("post_attention_layernorm", "post_feedforward_layernorm
               "olmo2": ("post_attention_layernorm", "post_feedforward_layernorm")}
 
 
-@pytest.fixture(scope="module")
-def matrix_dirs(tmp_path_factory):
-    """arch -> directory, built on first use (so ``-k phi3`` builds one model)."""
-    root = tmp_path_factory.mktemp("matrix_models")
-    built = {}
-
-    def get(arch: str):
-        if arch not in built:
-            built[arch] = build_model_dir(arch, root / arch)
-        return built[arch]
-
-    return get
-
-
 @pytest.fixture(params=MATRIX_ARCHITECTURES)
 def arch(request):
     return request.param
 
 
 @pytest.fixture
-def model(workbench, matrix_dirs, arch):
-    return workbench.model(str(matrix_dirs(arch)))
+def model(workbench, arch_dirs, arch):
+    return workbench.model(str(arch_dirs(arch)))
 
 
 def _ids(workbench, model):
@@ -208,7 +194,7 @@ def test_relp_leaves_logits_unchanged_and_conserves_relevance(workbench, model):
 # ---------------------------------------------------------------------- attention sinks, depth use
 
 
-def test_attention_rows_sum_to_one_and_the_mlp_write_is_real(workbench, model, arch, matrix_dirs):
+def test_attention_rows_sum_to_one_and_the_mlp_write_is_real(workbench, model, arch, arch_dirs):
     ids = _ids(workbench, model)
     trace = tracing.attention_and_states(model, ids)
     seq = len(ids)
@@ -218,7 +204,7 @@ def test_attention_rows_sum_to_one_and_the_mlp_write_is_real(workbench, model, a
     _, mlp_writes = _writes(model, arch, ids)
     for layer, write in enumerate(mlp_writes):
         torch.testing.assert_close(trace.mlp_write[layer], write, rtol=0, atol=1e-5)
-    result = workbench.attention_sinks(str(matrix_dirs(arch)), _sink_request())
+    result = workbench.attention_sinks(str(arch_dirs(arch)), _sink_request())
     assert result.sink_scores.shape == (model.info.n_layers, model.info.n_heads, seq)
 
 
@@ -228,7 +214,7 @@ def _sink_request():
     return SinkProbeRequest(prompt=PROMPT)
 
 
-def test_skipping_no_block_gives_kl_zero_and_the_split_is_exact(workbench, model, arch, matrix_dirs):
+def test_skipping_no_block_gives_kl_zero_and_the_split_is_exact(workbench, model, arch, arch_dirs):
     ids = _ids(workbench, model)
     clean = tracing.residual_stream(model, ids)
     resid, logits = tracing.skip_layers(model, ids, [None, 1])
@@ -245,7 +231,7 @@ def test_skipping_no_block_gives_kl_zero_and_the_split_is_exact(workbench, model
         torch.testing.assert_close(split.resid_out[layer] - split.resid_mid[layer], mlp_writes[layer],
                                    rtol=0, atol=1e-5)
     torch.testing.assert_close(split.resid_in[1:], split.resid_out[:-1], rtol=0, atol=0)
-    result = workbench.depth_use(str(matrix_dirs(arch)), DepthUseRequest(PROMPT))
+    result = workbench.depth_use(str(arch_dirs(arch)), DepthUseRequest(PROMPT))
     pos = slice(1, len(ids))
     mlp = (split.resid_out - split.resid_mid)[:, pos]
     reads = split.resid_in if arch in PARALLEL else split.resid_mid  # parallel: the MLP reads the block input
@@ -277,12 +263,12 @@ def test_weight_rows_are_the_mlp(model, arch):
         torch.testing.assert_close(rebuilt, mlp(x), rtol=0, atol=1e-5)
 
 
-def test_sign_normalisation_leaves_the_mlp_unchanged(workbench, model, arch, matrix_dirs):
+def test_sign_normalisation_leaves_the_mlp_unchanged(workbench, model, arch, arch_dirs):
     spec = model.spec
     mlp = model.module(f"{spec.layers}.1.{spec.mlp}")
     views = parts.mlp_weights(spec, model.hf_model, 1)
     x = torch.randn(7, model.info.d_model, generator=torch.Generator().manual_seed(0))
-    result = workbench.neuron_classes(str(matrix_dirs(arch)), NeuronClassRequest())
+    result = workbench.neuron_classes(str(arch_dirs(arch)), NeuronClassRequest())
     assert result.gated == (arch in GATED)
     if not spec.gated:  # non-gated MLPs: nothing to normalise, the three non-gated classes only
         assert result.flipped.shape == (0, 0) and result.cos_gate_out.shape == (0, 0)
@@ -308,16 +294,16 @@ def test_sign_normalisation_leaves_the_mlp_unchanged(workbench, model, arch, mat
                 view.copy_(value)
 
 
-def test_fold_norm_without_a_norm_before_the_mlp_is_refused(workbench, matrix_dirs):
+def test_fold_norm_without_a_norm_before_the_mlp_is_refused(workbench, arch_dirs):
     """OLMo 2's MLP reads the residual itself: folding "the preceding norm" would fold nothing."""
-    name = str(matrix_dirs("olmo2"))
+    name = str(arch_dirs("olmo2"))
     with pytest.raises(BadRequest, match=r"no norm to fold.*\(olmo2\).*reads the residual stream directly"):
         workbench.neuron_classes(name, NeuronClassRequest(fold_norm=True))
     with pytest.raises(BadRequest, match="no norm to fold"):
         workbench.neuron_vocab(name, NeuronVocabRequest(layer=0, neuron=3, fold_norm=True))
     assert workbench.neuron_classes(name, NeuronClassRequest()).class_ids.shape == (3, 128)
     # Phi's shared layernorm is the MLP's norm: folding it changes the cosines
-    phi = str(matrix_dirs("phi"))
+    phi = str(arch_dirs("phi"))
     folded = workbench.neuron_classes(phi, NeuronClassRequest(fold_norm=True))
     assert np.abs(folded.cos_in_out - workbench.neuron_classes(phi, NeuronClassRequest()).cos_in_out).max() > 1e-3
 
@@ -346,8 +332,8 @@ def test_mlp_input_site_is_what_the_mlp_reads(workbench, model):
 # ---------------------------------------------------------------------- family specifics
 
 
-def test_gemma2_soft_caps_bite_and_every_decode_applies_the_final_one(workbench, matrix_dirs, tmp_path):
-    model = workbench.model(str(matrix_dirs("gemma2")))
+def test_gemma2_soft_caps_bite_and_every_decode_applies_the_final_one(workbench, arch_dirs, tmp_path):
+    model = workbench.model(str(arch_dirs("gemma2")))
     cap = model.info.logit_softcap
     assert cap == 0.5
     ids = _ids(workbench, model)
@@ -367,7 +353,7 @@ def test_gemma2_soft_caps_bite_and_every_decode_applies_the_final_one(workbench,
     ld = patching_runs._logit_diffs(model, model.module(model.spec.final_norm)(final), target)
     assert float(ld[0].detach()) == pytest.approx(float(trace.logits[-1, ids[1]] - trace.logits[-1, ids[2]]), abs=1e-6)
     # the attention soft-cap changes the model too (so the AH rule's handling of it is tested above)
-    config = json.loads((matrix_dirs("gemma2") / "config.json").read_text())
+    config = json.loads((arch_dirs("gemma2") / "config.json").read_text())
     uncapped_dir = tmp_path / "gemma2_no_attn_cap"
     build_model_dir("gemma2", uncapped_dir)
     config["attn_logit_softcapping"] = None
@@ -376,8 +362,8 @@ def test_gemma2_soft_caps_bite_and_every_decode_applies_the_final_one(workbench,
     assert (tracing.forward_logits(uncapped, ids) - trace.logits).abs().max() > 1e-4
 
 
-def test_gpt_neox_topology_follows_use_parallel_residual(workbench, matrix_dirs, tmp_path):
-    config = json.loads((matrix_dirs("gpt_neox") / "config.json").read_text())
+def test_gpt_neox_topology_follows_use_parallel_residual(workbench, arch_dirs, tmp_path):
+    config = json.loads((arch_dirs("gpt_neox") / "config.json").read_text())
     assert config["use_parallel_residual"] is True
     directory = build_model_dir("gpt_neox", tmp_path / "neox_sequential")
     config["use_parallel_residual"] = False
@@ -391,13 +377,13 @@ def test_gpt_neox_topology_follows_use_parallel_residual(workbench, matrix_dirs,
     for layer in range(3):
         torch.testing.assert_close(split.resid_mid[layer] - split.resid_in[layer], attn_writes[layer],
                                    rtol=0, atol=1e-5)
-    parallel = workbench.model(str(matrix_dirs("gpt_neox")))
+    parallel = workbench.model(str(arch_dirs("gpt_neox")))
     assert (tracing.forward_logits(parallel, ids) - tracing.forward_logits(model, ids)).abs().max() > 1e-4
 
 
-def test_parallel_blocks_with_post_norms_are_refused(workbench, matrix_dirs):
+def test_parallel_blocks_with_post_norms_are_refused(workbench, arch_dirs):
     """No family has one, but a row that declared it would make the split's attention write wrong."""
-    model = workbench.model(str(matrix_dirs("phi")))
+    model = workbench.model(str(arch_dirs("phi")))
     spec = model.spec
     try:
         model.spec = dataclasses.replace(spec, mlp_post_norm="input_layernorm")
@@ -435,8 +421,8 @@ def test_unknown_architecture_names_what_is_missing_and_the_file(workbench, tmp_
         workbench.model(str(tmp_path / "mamba"))
 
 
-def test_a_row_whose_modules_are_missing_names_them(matrix_dirs, workbench):
-    model = workbench.model(str(matrix_dirs("gptj")))
+def test_a_row_whose_modules_are_missing_names_them(arch_dirs, workbench):
+    model = workbench.model(str(arch_dirs("gptj")))
     broken = dataclasses.replace(model.spec, attn_core="_no_such_core", mlp_in="fc_up")
     with pytest.raises(UnsupportedArchitecture, match=r"mlp_in \(transformer\.h\.0\.mlp\.fc_up\).*attn_core"):
         adapter.validate(broken, model.hf_model, "gptj")

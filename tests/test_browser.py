@@ -151,6 +151,7 @@ def test_circuit_page_builds_a_circuit_slider_click_and_export(server, page, tmp
     in the graph (its per-pair scores appear), and the graph downloaded as JSON."""
     import re
 
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import expect
 
     page.goto(f"{server}/circuits?ci_task=ioi&ci_pairs=3&ci_methods=atp")  # a link runs its request
@@ -166,11 +167,21 @@ def test_circuit_page_builds_a_circuit_slider_click_and_export(server, page, tmp
     page.wait_for_selector(IDLE, timeout=120_000)
     expect(page.get_by_text("50 edges (|score|")).to_be_visible(timeout=60_000)
     # click an attention head: the node traces come last (embeddings, heads, MLPs, logits)
-    graph = charts.filter(has_text="Circuit of").first
-    traces = graph.locator("g.trace.scatter")
-    point = traces.nth(traces.count() - 3).locator("path.point").nth(4)  # head 4 of block 0
-    point.scroll_into_view_if_needed()
-    box = point.bounding_box()
+    # Plotly may redraw the chart once more after the rerun (a resize): find the point again until it holds still
+    box = None
+    for _ in range(40):
+        try:
+            graph = charts.filter(has_text="Circuit of").first
+            traces = graph.locator("g.trace.scatter")
+            point = traces.nth(traces.count() - 3).locator("path.point").nth(4)  # head 4 of block 0
+            point.scroll_into_view_if_needed(timeout=5_000)
+            box = point.bounding_box(timeout=5_000)
+        except PlaywrightError:
+            box = None
+        if box:
+            break
+        page.wait_for_timeout(500)
+    assert box, "the graph's head nodes never became visible"
     centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.move(*centre)  # plotly reports a click on the point it hovers
     page.wait_for_timeout(500)

@@ -7,25 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tiny_models import ARCHITECTURES, MATRIX_ARCHITECTURES, build_model_dir
+from tests.tiny_models import ARCHITECTURES, MATRIX_ARCHITECTURES
 from workbench import interventions, lenses, prompts, tracing
 
 ALL = ARCHITECTURES + MATRIX_ARCHITECTURES
 PROMPT = "When Mary and John went to the store, John gave a drink to Mary. The capital of France is"
 
-
-@pytest.fixture(scope="module")
-def arch_dirs(tmp_path_factory):
-    """arch -> directory, built on first use."""
-    root = tmp_path_factory.mktemp("jacobian_models")
-    built = {}
-
-    def get(arch: str):
-        if arch not in built:
-            built[arch] = build_model_dir(arch, root / arch)
-        return built[arch]
-
-    return get
 
 
 def _final_state_at(model, ids, slot, position, read, delta):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_models import ARCHITECTURES, MATRIX_ARCHITECTURES, build_model_dir
+from tests.tiny_models import ARCHITECTURES, MATRIX_ARCHITECTURES
 from workbench import export, prompts, tracing
 from workbench.analyses import ANALYSES, patchscope, request_digest, request_json
 from workbench.analyses.patchscope import ANALYSIS, IDENTITY_PROMPT, MAX_CELLS, PatchscopeRequest, next_token_logits
@@ -21,19 +21,6 @@ EVERY_ARCHITECTURE = ARCHITECTURES + MATRIX_ARCHITECTURES
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 ABSOLUTE_POSITIONS = {"gpt2"}  # learned position embeddings are part of slot 0
 
-
-@pytest.fixture(scope="module")
-def arch_dirs(tmp_path_factory):
-    """arch -> tiny model directory, built on first use."""
-    root = tmp_path_factory.mktemp("patchscope_models")
-    built = {}
-
-    def get(arch: str):
-        if arch not in built:
-            built[arch] = build_model_dir(arch, root / arch)
-        return built[arch]
-
-    return get
 
 
 @pytest.fixture(params=EVERY_ARCHITECTURE)

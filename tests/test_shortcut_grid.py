@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_models import ARCHITECTURES, MATRIX_ARCHITECTURES, build_model_dir
+from tests.tiny_models import ARCHITECTURES, MATRIX_ARCHITECTURES
 from workbench import lenses, prompts, registry, tracing
 from workbench.analyses import ANALYSES, request_digest, request_json, shortcut_grid
 from workbench.analyses.linear_shortcut import LinearShortcutRequest
@@ -21,18 +21,6 @@ from workbench.errors import BadRequest
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 REQUEST = ShortcutGridRequest(chunk_tokens=16, fit_chunks=8, eval_chunks=2)
 
-
-@pytest.fixture(scope="module")
-def arch_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grid_models")
-    built = {}
-
-    def get(arch: str):
-        if arch not in built:
-            built[arch] = build_model_dir(arch, root / arch)
-        return built[arch]
-
-    return get
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES + MATRIX_ARCHITECTURES)

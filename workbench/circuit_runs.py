@@ -507,6 +507,10 @@ def ablate(
 # ---------------------------------------------------------------------- faithfulness
 
 
+GAP_MESSAGE = ("The clean and corrupted prompts give the same total logit difference, so the task metric is "
+               "undefined; the corruption must change the answer.")
+
+
 @dataclass(frozen=True)
 class Curve:
     sizes: np.ndarray  # (k,) circuit sizes in edges
@@ -539,12 +543,7 @@ def faithfulness_curve(
     M = sum(LD - LD_corr) / sum(LD_clean - LD_corr) with LD_clean and LD_corr the split runs of the clean
     and corrupted prompts (``circuit_tasks.task_metric``), so the full circuit gives 1 and, with the
     corrupted source, the empty one 0."""
-    scores = np.asarray(scores)
-    if scores.shape != (len(graph.edges),):
-        raise BadRequest(f"Expected one score per edge ({len(graph.edges)}), got shape {scores.shape}.")
-    sizes = np.asarray(sorted({min(max(int(s), 0), len(graph.edges)) for s in sizes}), dtype=np.int64)
-    if len(sizes) == 0:
-        raise BadRequest("No circuit sizes to test.")
+    scores, sizes = curve_sizes(graph, scores, sizes)
     sources = source_writes(model, batch, graph, source)
     with torch.no_grad():
         clean = split_forward(model, graph, batch.clean_ids, batch.attention_mask, batch.last, record=False)
@@ -553,10 +552,31 @@ def faithfulness_curve(
     ld_corr = _logit_diffs(corrupted.logits.double(), batch, 1)[0]
     keep = np.stack([top_edges(scores, int(n)) for n in sizes])
     lds = ablate(model, batch, graph, keep, source, sources=sources, max_rows=max_rows, progress=progress)
-    gap = float((ld_clean - ld_corr).sum())
+    return curve_from_diffs(sizes, lds, ld_clean, ld_corr)
+
+
+def curve_sizes(graph: Graph, scores: np.ndarray, sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The scores checked to be one per edge, and the circuit sizes clipped to [0, edges], sorted, unique."""
+    scores = np.asarray(scores)
+    if scores.shape != (len(graph.edges),):
+        raise BadRequest(f"Expected one score per edge ({len(graph.edges)}), got shape {scores.shape}.")
+    sizes = np.asarray(sorted({min(max(int(s), 0), len(graph.edges)) for s in sizes}), dtype=np.int64)
+    if len(sizes) == 0:
+        raise BadRequest("No circuit sizes to test.")
+    return scores, sizes
+
+
+def check_gap(gap: float) -> None:
+    """Refuse a task whose clean and corrupted runs have the same total logit difference (M undefined)."""
     if abs(gap) < 1e-6:
-        raise BadRequest("The clean and corrupted prompts give the same total logit difference, so the task "
-                         "metric is undefined; the corruption must change the answer.")
+        raise BadRequest(GAP_MESSAGE)
+
+
+def curve_from_diffs(sizes: np.ndarray, lds: torch.Tensor, ld_clean: torch.Tensor, ld_corr: torch.Tensor) -> Curve:
+    """The curve from the ablated runs' logit differences ``lds`` (circuits, pairs) and the clean and
+    corrupted ones (pairs,): M = sum(LD - LD_corr) / sum(LD_clean - LD_corr) per circuit."""
+    gap = float((ld_clean - ld_corr).sum())
+    check_gap(gap)
     metric = ((lds - ld_corr).sum(1) / gap).numpy()
     return Curve(sizes, metric, ld_clean.numpy(), ld_corr.numpy())
 

@@ -51,7 +51,17 @@ import torch
 
 from workbench import remote
 from workbench.circuit_graph import Graph
-from workbench.circuit_runs import SOURCES, Curve, Progress, _dropped, _no_progress, top_edges
+from workbench.circuit_runs import (
+    SOURCES,
+    Curve,
+    Progress,
+    _dropped,
+    _no_progress,
+    check_gap,
+    curve_from_diffs,
+    curve_sizes,
+    top_edges,
+)
 from workbench.circuit_tasks import PairBatch
 from workbench.edge_attribution import RELP_RULES, EdgeAttribution
 from workbench.errors import BadRequest
@@ -59,8 +69,6 @@ from workbench.interventions import Rules
 from workbench.models.loader import LoadedModel
 
 METHODS = ("atp", "relp", "ig")
-GAP_MESSAGE = ("The clean and corrupted prompts give the same total logit difference, so the task metric is "
-               "undefined; the corruption must change the answer.")
 
 
 # ---------------------------------------------------------------------- in-trace helpers (shipped by value)
@@ -228,8 +236,7 @@ def attribute_edges_traced(
         lds.append(found[2])
         gaps.append(found[3])
     gap = float((torch.cat(lds, 1)[0] - torch.cat(lds, 1)[1]).sum())
-    if abs(gap) < 1e-6:
-        raise BadRequest(GAP_MESSAGE)
+    check_gap(gap)
     # each trace normalised M by its own pairs' gap: rescale to the task's (a factor of exactly 1 for one
     # trace); per-pair scores are scaled by the number of pairs (edge_attribution's convention)
     factors = [(own / gap) * len(batch) for own in gaps]
@@ -542,18 +549,8 @@ def faithfulness_curve_traced(
 ) -> Curve:
     """``circuit_runs.faithfulness_curve`` from traced ablation runs: the full circuit is the clean run and
     group 0 of the first trace the corrupted run, so LD_clean and LD_corr come from the same traces."""
-    scores = np.asarray(scores)
-    if scores.shape != (len(graph.edges),):
-        raise BadRequest(f"Expected one score per edge ({len(graph.edges)}), got shape {scores.shape}.")
-    sizes = np.asarray(sorted({min(max(int(s), 0), len(graph.edges)) for s in sizes}), dtype=np.int64)
-    if len(sizes) == 0:
-        raise BadRequest("No circuit sizes to test.")
+    scores, sizes = curve_sizes(graph, scores, sizes)
     keep = np.stack([np.ones(len(graph.edges), dtype=bool)] + [top_edges(scores, int(n)) for n in sizes])
     lds, ld_corr = ablate_traced(model, batch, graph, keep, source, max_rows=max_rows, progress=progress,
                                  with_corrupted=True)
-    ld_clean, lds = lds[0], lds[1:]
-    gap = float((ld_clean - ld_corr).sum())
-    if abs(gap) < 1e-6:
-        raise BadRequest(GAP_MESSAGE)
-    metric = ((lds - ld_corr).sum(1) / gap).numpy()
-    return Curve(sizes, metric, ld_clean.numpy(), ld_corr.numpy())
+    return curve_from_diffs(sizes, lds[1:], lds[0], ld_corr)
