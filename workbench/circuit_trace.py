@@ -235,14 +235,14 @@ def attribute_edges_traced(
         nodes.append(found[1])
         lds.append(found[2])
         gaps.append(found[3])
-    gap = float((torch.cat(lds, 1)[0] - torch.cat(lds, 1)[1]).sum())
+    lds = torch.cat(lds, 1)  # (clean and corrupted, pairs)
+    gap = float((lds[0] - lds[1]).sum())
     check_gap(gap)
     # each trace normalised M by its own pairs' gap: rescale to the task's (a factor of exactly 1 for one
     # trace); per-pair scores are scaled by the number of pairs (edge_attribution's convention)
     factors = [(own / gap) * len(batch) for own in gaps]
     edges = torch.cat([e * f for e, f in zip(edges, factors, strict=True)])
     nodes = torch.cat([n * f for n, f in zip(nodes, factors, strict=True)])
-    lds = torch.cat(lds, 1)
     seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     progress(1.0, "Done")
     return EdgeAttribution(
