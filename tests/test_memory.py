@@ -70,15 +70,24 @@ def _peak_rss_bytes() -> int:
     raise AssertionError("no VmHWM in /proc/self/status")
 
 
-def _lens_in_fresh_process(model_dir: Path, cache_dir: Path, target: str) -> dict:
-    """Run the logit lens at the token limit in a fresh interpreter (``_measure_main``) and return what
-    it measured. Peak RSS is a property of the whole process: in the long pytest process, after a
+@pytest.fixture(scope="module")
+def lens_in_fresh_process(big_vocab_dir, tmp_path_factory):
+    """target -> what the logit lens at the token limit measured in a fresh interpreter (``_measure_main``),
+    run once per target. Peak RSS is a property of the whole process: in the long pytest process, after a
     thousand other tests, the allocator's history adds to it, so the lens alone is measured alone."""
-    code = "import sys; from tests.test_memory import _measure_main; _measure_main(*sys.argv[1:])"
-    done = subprocess.run([sys.executable, "-c", code, str(model_dir), str(cache_dir), target],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    measured = {}
+
+    def get(target: str) -> dict:
+        if target not in measured:
+            cache_dir = tmp_path_factory.mktemp("memory_cache")
+            code = "import sys; from tests.test_memory import _measure_main; _measure_main(*sys.argv[1:])"
+            done = subprocess.run([sys.executable, "-c", code, str(big_vocab_dir), str(cache_dir), target],
+                                  cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr[-4000:]
+            measured[target] = json.loads(done.stdout.strip().splitlines()[-1])
+        return measured[target]
+
+    return get
 
 
 def _measure_main(model_dir: str, cache_dir: str, target: str) -> None:
@@ -109,10 +118,10 @@ def _measure_main(model_dir: str, cache_dir: str, target: str) -> None:
         wb.close()
 
 
-def test_lens_at_the_token_limit_keeps_one_slot_of_logits(big_vocab_dir, tmp_path):
+def test_lens_at_the_token_limit_keeps_one_slot_of_logits(lens_in_fresh_process):
     n_slots = N_LAYERS + 1
     all_at_once = n_slots * LIMIT * VOCAB * 4  # bytes of the float32 logits of every slot: 852 MB
-    facts = _lens_in_fresh_process(big_vocab_dir, tmp_path / "cache", "")
+    facts = lens_in_fresh_process("")
     assert facts["tokens"] == LIMIT  # exactly at the limit
     assert facts["top_ids_shape"] == [n_slots, LIMIT, 3]
     # what leaves the trace is small: top-k, KL and the target per slot, never a vocabulary axis
@@ -128,14 +137,14 @@ def test_lens_at_the_token_limit_keeps_one_slot_of_logits(big_vocab_dir, tmp_pat
 
 
 @pytest.mark.parametrize("target", ["", WORD])
-def test_lens_at_the_token_limit_stays_within_its_decoding_budget(big_vocab_dir, tmp_path, target):
+def test_lens_at_the_token_limit_stays_within_its_decoding_budget(lens_in_fresh_process, target):
     """With or without a target token, the lens at 256 tokens holds at most its decoding budget of
     (seq, vocab) arrays (``lenses.LENS_BUDGET_BYTES``, 256 MiB): nothing of a decoded chunk outlives it.
     The allowance on top is for the trace itself (states, attention, the model's last-position logits)."""
     per_array = LIMIT * VOCAB * 4  # one (seq, vocab) float32 array: 62.5 MiB here
     assert lenses.lens_chunk_slots(LIMIT, VOCAB) == 1  # 2 * 1 + 2 arrays of 62.5 MiB fit 256 MiB
     allowance = 48 << 20
-    facts = _lens_in_fresh_process(big_vocab_dir, tmp_path / "cache", target)
+    facts = lens_in_fresh_process(target)
     if not facts["can_measure"]:
         pytest.skip("peak RSS cannot be reset on this system")
     peak_increase = facts["peak_increase"]
