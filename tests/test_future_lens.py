@@ -293,13 +293,13 @@ def test_future_lens_page(app, tiny_dirs):
 
 @pytest.mark.slow
 def test_smollm2_maps_anticipate_tokens_beyond_the_next_better_than_the_logit_lens(workbench):
-    """Measured 2026-12-01 (3840 fitting, 480 held-out positions): (a)'s top-1 on t+2 is 0.05-0.08 at
-    every slot (best mid-network, 0.081 at block 11) against the logit lens's 0.00-0.05 and copying the
-    model's next-token prediction 0.040; on t+3 0.035-0.062 against 0.004-0.023; NLL 6.7-8.2 nats
-    against 8.7-113 (t+2). The model's own top-1 on those tokens, with their full context, is 0.31.
-    One epoch of the readout (b) lowers (a)'s NLL at every slot and horizon (t+2, last slot: 6.77 ->
-    6.22) and lifts t+2 top-1 at the last slots to 0.08-0.10; 18 min wall on a loaded 2-core machine."""
-    # 32 fitting / 6 held-out chunks (64 / 8 took 18 min on a busy 2-core machine)
+    """Measured 2026-12-01 with 64 fitting and 8 held-out chunks (3840 and 480 positions): (a)'s top-1 on t+2
+    is 0.05-0.08 at every slot (best mid-network, 0.081 at block 11) against the logit lens's 0.00-0.05 and
+    copying the model's next-token prediction 0.040; on t+3 0.035-0.062 against 0.004-0.023; NLL 6.7-8.2
+    nats against 8.7-113 (t+2). The model's own top-1 on those tokens, with their full context, is 0.31. One
+    epoch of the readout (b) lowers (a)'s NLL at every slot and horizon (t+2, last slot: 6.77 -> 6.22) and
+    lifts t+2 top-1 at the last slots to 0.08-0.10; 18 min wall on a loaded 2-core machine. The test runs on
+    32 fitting and 6 held-out chunks (11 min) and asserts the same inequalities."""
     request = FutureLensRequest(PROMPT, fit_chunks=32, eval_chunks=6, epochs=1)
     result = workbench.future_lens("smollm2-135m", request)
     np.set_printoptions(precision=3, linewidth=250)
